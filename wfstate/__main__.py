@@ -1,0 +1,7 @@
+"""``python -m wfstate``."""
+
+import sys
+
+from wfstate.cli import main
+
+sys.exit(main())

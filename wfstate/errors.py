@@ -1,0 +1,87 @@
+"""The one tree of wfstate errors (DESIGN.md §9).
+
+Every error the library raises on purpose derives from :class:`WfstateError`. Errors a caller
+may retry as they are (a lock held by someone else, a busy backend) have ``retryable = True``;
+all others mean the same call will fail again until something changes.
+"""
+
+from __future__ import annotations
+
+
+class WfstateError(Exception):
+    """Root of every error wfstate raises on purpose."""
+
+    retryable: bool = False
+
+
+class ValidationError(WfstateError, ValueError):
+    """Bad input, rejected before anything was written. ``field`` names the offending input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class CorruptionError(WfstateError):
+    """Stored bytes fail their integrity rule. Names the file, the byte offset and the reason."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path} at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class TornWriteError(CorruptionError):
+    """A torn tail found where the recovery mode tolerates none (``absolute``)."""
+
+
+class FormatVersionError(WfstateError):
+    """A file written by a newer format version than this code reads; never misread."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        super().__init__(
+            f"{path}: format version {found} is newer than the supported version {supported}"
+        )
+        self.path = path
+        self.found = found
+        self.supported = supported
+
+
+class StorePoisonedError(WfstateError):
+    """A write or fsync failed; the store acknowledges nothing more until it is reopened.
+
+    After a failed fsync the kernel may have dropped the dirty pages while reporting later
+    fsyncs as successful, so nothing written since the last good sync can be trusted as
+    durable. Reopening recovers from what is on disk.
+    """
+
+
+class ClosedError(WfstateError):
+    """The object was used after ``close()``."""
+
+
+class TransactionError(WfstateError):
+    """A multi-participant transaction could not be prepared or committed."""
+
+
+class StaleOwnerError(WfstateError):
+    """A write carried a fencing token older than the current owner's."""
+
+
+class NotFoundError(WfstateError, KeyError):
+    """The named workflow, session, checkpoint or record does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
+        return str(self.args[0]) if self.args else ""
+
+
+class LockTimeoutError(WfstateError):
+    """A lock held by another owner was not released in time."""
+
+    retryable = True
+
+
+class BackendError(WfstateError):
+    """A storage backend failed in a way not covered by a more specific error."""

@@ -1,0 +1,157 @@
+"""Every on-disk constant and layout of wfstate, mirroring ``docs/format.md``.
+
+The document is the specification; this module is its executable mirror. Sizes are asserted at
+import so a layout edit that forgets the spec fails immediately. Nothing here does I/O: the
+functions pack, unpack and name things, and the log modules decide what to do with them.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Final, NamedTuple
+
+import xxhash
+
+FORMAT_VERSION: Final = 1
+
+# -- segment header (docs/format.md §2.1) ---------------------------------------------------
+SEGMENT_MAGIC: Final = b"WFSTWAL\x00"
+SEGMENT_HEADER = struct.Struct("<8sHHIQQQQQQ")
+SEGMENT_HEADER_SIZE: Final = 64
+assert SEGMENT_HEADER.size == SEGMENT_HEADER_SIZE
+SEGMENT_HEADER_CHECKED: Final = 56  # header_checksum covers bytes 0..55
+
+# -- record header (docs/format.md §3) --------------------------------------------------------
+RECORD_HEADER = struct.Struct("<QQIIBBBBI")
+RECORD_HEADER_SIZE: Final = 32
+assert RECORD_HEADER.size == RECORD_HEADER_SIZE
+RECORD_ALIGN: Final = 8
+MAX_PAYLOAD: Final = 1 << 30
+ZERO_RECORD_HEADER: Final = bytes(RECORD_HEADER_SIZE)
+
+CODEC_NONE: Final = 0
+CODEC_LZ4: Final = 1
+CODEC_ZSTD: Final = 2
+CODECS: Final = frozenset({CODEC_NONE, CODEC_LZ4, CODEC_ZSTD})
+
+FLAG_AFTER_SYNC: Final = 0x01
+KNOWN_FLAGS: Final = FLAG_AFTER_SYNC
+
+# -- record types (docs/format.md §5) ---------------------------------------------------------
+RECORD_DATA: Final = 1
+
+# -- names (docs/format.md §1, §2) ------------------------------------------------------------
+WAL_DIR: Final = "wal"
+QUARANTINE_DIR: Final = "quarantine"
+SEGMENT_SUFFIX: Final = ".wal"
+_SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
+
+
+def xxh3(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
+    """XXH3-64 of ``data`` with ``seed``, the one checksum of the format."""
+    return xxhash.xxh3_64_intdigest(data, seed)
+
+
+def pad8(n: int) -> int:
+    """``n`` rounded up to a multiple of 8 (record alignment)."""
+    return (n + 7) & ~7
+
+
+def genesis_checksum(epoch: int) -> int:
+    """The chain seed of a store's first segment, derived from its epoch."""
+    return xxh3(struct.pack("<Q", epoch))
+
+
+def segment_name(seq: int, first_lsn: int) -> str:
+    """The file name of segment ``seq`` whose first record has ``first_lsn``."""
+    return f"{seq:016x}-{first_lsn:016x}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> tuple[int, int] | None:
+    """``(seq, first_lsn)`` of a segment file name, or None for any other name."""
+    m = _SEGMENT_NAME.match(name)
+    if m is None:
+        return None
+    return int(m.group(1), 16), int(m.group(2), 16)
+
+
+def broken_name(segment: str, offset: int) -> str:
+    """Name of the evidence file holding the bytes cut from ``segment`` at ``offset``."""
+    return f"{segment}.broken-{offset}"
+
+
+class SegmentHeader(NamedTuple):
+    """A decoded segment header (docs/format.md §2.1)."""
+
+    epoch: int
+    seq: int
+    first_lsn: int
+    prev_checksum: int
+
+
+def pack_segment_header(header: SegmentHeader) -> bytes:
+    """The 64 header bytes of a segment, checksum included."""
+    body = SEGMENT_HEADER.pack(
+        SEGMENT_MAGIC,
+        FORMAT_VERSION,
+        SEGMENT_HEADER_SIZE,
+        0,
+        header.epoch,
+        header.seq,
+        header.first_lsn,
+        header.prev_checksum,
+        0,
+        0,
+    )[:SEGMENT_HEADER_CHECKED]
+    return body + struct.pack("<Q", xxh3(body))
+
+
+class RecordHeader(NamedTuple):
+    """A decoded record header (docs/format.md §3)."""
+
+    checksum: int
+    lsn: int
+    length: int
+    raw_length: int
+    type: int
+    codec: int
+    flags: int
+    reserved1: int
+    reserved2: int
+
+    @property
+    def size(self) -> int:
+        """Bytes the whole record occupies on disk, header and padding included."""
+        return RECORD_HEADER_SIZE + pad8(self.length)
+
+    def is_plausible(self, expected_lsn: int | None) -> bool:
+        """Rule 2 of docs/format.md §3.1 (``expected_lsn`` None: any LSN ≥ 1)."""
+        return (
+            (self.lsn == expected_lsn if expected_lsn is not None else self.lsn >= 1)
+            and self.type != 0
+            and self.codec in CODECS
+            and not (self.flags & ~KNOWN_FLAGS)
+            and self.reserved1 == 0
+            and self.reserved2 == 0
+            and 1 <= self.length <= MAX_PAYLOAD
+            and 1 <= self.raw_length <= MAX_PAYLOAD
+            and (self.codec != CODEC_NONE or self.raw_length == self.length)
+        )
+
+
+def unpack_record_header(buf: bytes | memoryview, offset: int) -> RecordHeader:
+    """Decode the 32 header bytes at ``offset`` (the caller checks that they exist)."""
+    return RecordHeader._make(RECORD_HEADER.unpack_from(buf, offset))
+
+
+def frame_record(
+    *, seed: int, lsn: int, type: int, codec: int, flags: int, raw_length: int, body: bytes
+) -> tuple[bytes, int]:
+    """Frame one record: returns its on-disk bytes and its checksum (the next seed)."""
+    length = len(body)
+    padding = pad8(length) - length
+    rest = RECORD_HEADER.pack(0, lsn, length, raw_length, type, codec, flags, 0, 0)[8:]
+    tail = rest + body + bytes(padding) if padding else rest + body
+    checksum = xxhash.xxh3_64_intdigest(tail, seed)
+    return checksum.to_bytes(8, "little") + tail, checksum

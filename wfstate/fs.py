@@ -1,0 +1,200 @@
+"""The I/O seam: the only module of wfstate that touches the file system.
+
+Everything that reads, writes, syncs, renames or removes a file goes through a
+:class:`FileSystem`. :data:`OS_FS` is the real one; the crash simulator in ``tests/`` swaps in a
+recording double and builds the disks a crash could leave behind (DESIGN.md §3). A test
+(``tests/test_io_seam.py``) fails if any other module calls the OS directly.
+
+Crash reasoning for callers: bytes written to a file survive a crash only once :meth:`fsync` or
+:meth:`fdatasync` of that file returned; a create, rename or unlink survives only once
+:meth:`fsync_dir` of the containing directory returned. A failed sync is reported as
+``OSError`` and must never be retried (the kernel may have dropped the pages).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Protocol
+
+
+class FileSystem(Protocol):
+    """The operations wfstate performs on files. Paths are ``str``; descriptors are ``int``."""
+
+    def read_file(self, path: str) -> bytes:
+        """The whole content of ``path``."""
+        ...
+
+    def file_size(self, path: str) -> int: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def is_dir(self, path: str) -> bool: ...
+
+    def listdir(self, path: str) -> list[str]:
+        """Entry names of directory ``path``, sorted."""
+        ...
+
+    def mkdir(self, path: str) -> None:
+        """Create directory ``path`` (its parent must exist); not durable until fsync_dir."""
+        ...
+
+    def create_exclusive(self, path: str) -> int:
+        """Create ``path`` (it must not exist) and open it for writing; returns a descriptor."""
+        ...
+
+    def open_append(self, path: str) -> int:
+        """Open existing ``path`` for appending writes; returns a descriptor."""
+        ...
+
+    def write(self, fd: int, data: bytes | memoryview) -> None:
+        """Write all of ``data`` at the descriptor's position (short writes are continued)."""
+        ...
+
+    def fsync(self, fd: int) -> None: ...
+
+    def fdatasync(self, fd: int) -> None: ...
+
+    def truncate(self, fd: int, size: int) -> None: ...
+
+    def close(self, fd: int) -> None: ...
+
+    def dup(self, fd: int) -> int:
+        """A second descriptor for the same open file (syncing either syncs the file)."""
+        ...
+
+    def replace(self, src: str, dst: str) -> None:
+        """Atomically rename ``src`` over ``dst``; durable only after fsync_dir."""
+        ...
+
+    def unlink(self, path: str) -> None: ...
+
+    def fsync_dir(self, path: str) -> None:
+        """Make the entries of directory ``path`` (creates, renames, unlinks) durable."""
+        ...
+
+
+class OsFileSystem:
+    """The real file system, through ``os``. Stateless; share :data:`OS_FS`."""
+
+    def read_file(self, path: str) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            chunks: list[bytes] = []
+            remaining = size
+            while True:
+                chunk = os.read(fd, max(remaining, 1 << 16))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def file_size(self, path: str) -> int:
+        return os.stat(path).st_size
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def create_exclusive(self, path: str) -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+    def open_append(self, path: str) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+
+    def write(self, fd: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:  # pragma: no cover - os.write raises rather than return 0
+                raise OSError("write returned 0 bytes")
+            view = view[written:]
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def dup(self, fd: int) -> int:
+        return os.dup(fd)
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+OS_FS: OsFileSystem = OsFileSystem()
+
+
+def temp_name(path: str) -> str:
+    """A unique temp file name beside ``path`` (same directory, so a rename is atomic)."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a directory entry name is one of :func:`temp_name`'s (left by a crash)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def atomic_write(fs: FileSystem, path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
+
+    Order: write a uniquely named temp file in the same directory, fsync it, rename it over
+    ``path``, fsync the directory. When this returns the new content is durable. On any failure
+    before the rename the temp file is removed and the old file is untouched; a failure of the
+    directory fsync leaves the rename done but not known durable, and is raised.
+    """
+    tmp = temp_name(path)
+    fd = fs.create_exclusive(tmp)
+    try:
+        try:
+            fs.write(fd, data)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        fs.replace(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.unlink(tmp)
+        raise
+    fs.fsync_dir(os.path.dirname(path) or ".")
+
+
+def make_dirs(fs: FileSystem, path: str) -> None:
+    """Create ``path`` and missing parents, each made durable in its parent directory."""
+    path = os.path.abspath(path)
+    if fs.is_dir(path):
+        return
+    parent = os.path.dirname(path)
+    make_dirs(fs, parent)
+    fs.mkdir(path)
+    fs.fsync_dir(parent)

@@ -1,0 +1,433 @@
+"""The write-ahead log: append records durably, read them back, survive crashes.
+
+Durability levels (DESIGN.md §4), named by what they can lose:
+
+* ``always``: ``append`` returns once its record is covered by a completed ``fdatasync``.
+  Group commit: threads appending at the same time share one ``write`` and one ``fdatasync``
+  (the first to find no flush running becomes the leader and takes everything queued; there is
+  no deliberate delay). Loses nothing on a process or OS crash.
+* ``interval``: ``append`` returns after ``write()``; a background thread syncs every
+  ``sync_interval_ms``. Loses nothing on a process crash, up to that interval on an OS crash.
+* ``none``: ``append`` returns after ``write()``; the OS flushes when it likes. Loses nothing
+  on a process crash, everything since the OS last flushed on an OS crash.
+
+Whatever the level, before a segment is left for the next one it is fsynced, ``sync()`` makes
+everything appended durable, and ``close()`` syncs.
+
+A failed write or sync *poisons* the log: the failing append and every later one raise
+:class:`StorePoisonedError`; nothing is retried (after a failed fsync the kernel may have
+dropped the pages and report later fsyncs as successful). Reopening recovers from the disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Final, Literal
+
+from wfstate.errors import ClosedError, StorePoisonedError, ValidationError
+from wfstate.format import (
+    FLAG_AFTER_SYNC,
+    MAX_PAYLOAD,
+    RECORD_DATA,
+    RECORD_HEADER_SIZE,
+    SegmentHeader,
+    frame_record,
+    pad8,
+)
+from wfstate.fs import OS_FS, FileSystem
+from wfstate.wal.codec import Compression, compress
+from wfstate.wal.reader import (
+    DamageCallback,
+    LogDamage,
+    LogScan,
+    Record,
+    RecoveryMode,
+    check_mode,
+)
+from wfstate.wal.recovery import create_segment, recover
+from wfstate.wal.segment import SegmentFile
+
+Durability = Literal["always", "interval", "none"]
+DURABILITY_LEVELS: Final[tuple[Durability, ...]] = ("always", "interval", "none")
+DEFAULT_SEGMENT_SIZE: Final = 16 * 1024 * 1024
+DEFAULT_MAX_RECORD_SIZE: Final = 16 * 1024 * 1024
+
+# A queued record: (lsn, type, codec, raw length, stored body)
+_Queued = tuple[int, int, int, int, bytes]
+
+
+def _positive_int(field: str, value: object, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValidationError(field, f"must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+class Log:
+    """An open write-ahead log in one directory. Thread-safe. Create with :meth:`open`."""
+
+    def __init__(self, *, _token: object) -> None:
+        if _token is not _OPEN_TOKEN:
+            raise TypeError("use Log.open(path, ...)")
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[_Queued] = []
+        self._flushing = False
+        self._closed = False
+        self._poison: BaseException | None = None
+        self._syncer: threading.Thread | None = None
+        self._stop_syncer = threading.Event()
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        durability: Durability = "always",
+        sync_interval_ms: int = 100,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        compression: Compression | None = None,
+        max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
+        mode: RecoveryMode = "tolerate_torn_tail",
+        on_damage: DamageCallback | None = None,
+        epoch: int | None = None,
+        fs: FileSystem = OS_FS,
+    ) -> Log:
+        """Open (creating if needed) the log in directory ``path``, recovering it first.
+
+        Recovery follows ``mode`` (docs/format.md §6); everything it found is in
+        :attr:`recovery`, and each item is also passed to ``on_damage``. When ``open`` returns,
+        every record in the log is durable (the tail segment and directory are synced), so the
+        ``AFTER_SYNC`` flags written from here on are truthful. ``epoch`` is used only when a
+        new log is created (tests pin it for golden bytes). Options are validated before
+        anything is created; a bad one raises ``ValidationError`` naming it.
+        """
+        if durability not in DURABILITY_LEVELS:
+            raise ValidationError(
+                "durability", f"must be one of {list(DURABILITY_LEVELS)}, not {durability!r}"
+            )
+        _positive_int("sync_interval_ms", sync_interval_ms, 1)
+        _positive_int("segment_size", segment_size, 4096)
+        _positive_int("max_record_size", max_record_size, 1)
+        if max_record_size > MAX_PAYLOAD:
+            raise ValidationError("max_record_size", f"must be <= {MAX_PAYLOAD}")
+        check_mode(mode)
+        if epoch is not None and (not isinstance(epoch, int) or not 0 < epoch < 1 << 64):
+            raise ValidationError("epoch", "must be an int in 1..2**64-1")
+        if compression is None:
+            compression = Compression()
+        elif not isinstance(compression, Compression):
+            raise ValidationError("compression", "must be a wfstate.wal.Compression")
+
+        recovered = recover(fs, path, mode=mode, on_damage=on_damage, epoch=epoch)
+        log = cls(_token=_OPEN_TOKEN)
+        log._fs = fs
+        log._dir = path
+        log._durability = durability
+        log._sync_interval = sync_interval_ms / 1000
+        log._segment_size = segment_size
+        log._compression = compression
+        log._max_record = max_record_size
+        log._mode = mode
+        log._on_damage = on_damage
+        log.recovery = recovered.damage
+        tail = recovered.tail
+        log.epoch = tail.epoch
+        log._segment = tail.segment
+        log._segment_bytes = tail.offset
+        log._segment_records = tail.next_lsn - tail.segment.first_lsn
+        log._seed = tail.seed
+        log._next_lsn = tail.next_lsn
+        fd = fs.open_append(tail.segment.path)
+        try:
+            fs.fsync(fd)
+            fs.fsync_dir(path)
+        except BaseException:
+            fs.close(fd)
+            raise
+        log._fd = fd
+        log._written_lsn = log._durable_lsn = tail.next_lsn - 1
+        if durability == "interval":
+            log._syncer = threading.Thread(
+                target=log._sync_periodically, name="wfstate-log-sync", daemon=True
+            )
+            log._syncer.start()
+        return log
+
+    # attributes set by open()
+    _fs: FileSystem
+    _dir: str
+    _durability: Durability
+    _sync_interval: float
+    _segment_size: int
+    _compression: Compression
+    _max_record: int
+    _mode: RecoveryMode
+    _on_damage: DamageCallback | None
+    _segment: SegmentFile
+    _segment_bytes: int
+    _segment_records: int
+    _seed: int
+    _next_lsn: int
+    _fd: int
+    _written_lsn: int
+    _durable_lsn: int
+    epoch: int
+    """The store epoch all segments of this log carry."""
+    recovery: list[LogDamage]
+    """What recovery found (and repaired) when this log was opened."""
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """The log directory."""
+        return self._dir
+
+    @property
+    def last_lsn(self) -> int:
+        """LSN of the last record appended (acknowledged or not yet); 0 for an empty log."""
+        with self._cond:
+            return self._next_lsn - 1
+
+    @property
+    def durable_lsn(self) -> int:
+        """Every record up to this LSN is covered by a completed sync."""
+        with self._cond:
+            return self._durable_lsn
+
+    @property
+    def poisoned(self) -> bool:
+        """Whether a failed write or sync stopped this log (reopen to recover)."""
+        return self._poison is not None
+
+    # -- appending ----------------------------------------------------------------------------
+    def append(self, payload: bytes, *, type: int = RECORD_DATA) -> int:
+        """Append one record; return its LSN once acknowledged under the durability level.
+
+        ``payload`` is opaque bytes (the store layers put msgspec MessagePack documents here),
+        1 byte to ``max_record_size``; ``type`` is 1..255. Bad input raises
+        ``ValidationError`` and nothing is written. A failed write or sync raises
+        ``StorePoisonedError``: the record is not acknowledged, and may or may not be found
+        after reopening.
+        """
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise ValidationError("payload", f"must be bytes, not {type(payload).__name__}")
+        size = len(payload)
+        if not 1 <= size <= self._max_record:
+            raise ValidationError(
+                "payload", f"size {size} is outside 1..{self._max_record} (max_record_size)"
+            )
+        if not isinstance(type, int) or not 1 <= type <= 255:
+            raise ValidationError("type", f"must be an int in 1..255, not {type!r}")
+        codec, body = compress(bytes(payload), self._compression)
+        with self._cond:
+            self._check_usable()
+            lsn = self._next_lsn
+            self._next_lsn = lsn + 1
+            self._pending.append((lsn, type, codec, size, body))
+            if self._durability != "always":
+                self._write_pending(sync=False)
+                return lsn
+            while self._durable_lsn < lsn:
+                self._check_usable()
+                if self._flushing:
+                    self._cond.wait()
+                else:
+                    self._lead_flush()
+            return lsn
+
+    def _check_usable(self) -> None:
+        if self._poison is not None:
+            raise StorePoisonedError(
+                f"log {self._dir} stopped after a failed write or sync ({self._poison}); "
+                "reopen it to recover"
+            ) from self._poison
+        if self._closed:
+            raise ClosedError(f"log {self._dir} is closed")
+
+    def _lead_flush(self) -> None:
+        """Group-commit leader (called with the lock held, returns with it held).
+
+        Takes every queued record, then releases the lock for the write and the fdatasync so
+        that other threads queue the next group meanwhile. Only one leader runs at a time
+        (``_flushing``), so the chain state and the descriptor are the leader's alone.
+        """
+        batch = self._pending
+        self._pending = []
+        self._flushing = True
+        self._cond.release()
+        error: BaseException | None = None
+        try:
+            self._write(batch, sync=True)
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._cond.acquire()
+            self._flushing = False
+        if error is not None:
+            self._poison = error
+        else:
+            self._written_lsn = self._durable_lsn = batch[-1][0]
+        self._cond.notify_all()
+
+    def _write_pending(self, *, sync: bool) -> None:
+        """Write the queued records now (lock held): the ``interval``/``none`` path and sync."""
+        batch = self._pending
+        if not batch:
+            if sync and self._durable_lsn < self._written_lsn:
+                self._sync_now()
+            return
+        self._pending = []
+        try:
+            self._write(batch, sync=sync)
+        except BaseException as exc:
+            self._poison = exc
+            self._check_usable()
+            raise
+        self._written_lsn = batch[-1][0]
+        if sync:
+            self._durable_lsn = self._written_lsn
+
+    def _sync_now(self) -> None:
+        try:
+            self._fs.fdatasync(self._fd)
+        except BaseException as exc:
+            self._poison = exc
+            self._check_usable()
+            raise
+        self._durable_lsn = self._written_lsn
+
+    def _write(self, batch: list[_Queued], *, sync: bool) -> None:
+        """Frame ``batch``, rotate first if the segment is full, write it in one call, sync.
+
+        Called by exactly one thread at a time (the leader, or a holder of the lock).
+        """
+        first_lsn = batch[0][0]
+        size = sum(RECORD_HEADER_SIZE + pad8(len(q[4])) for q in batch)
+        if self._segment_records and self._segment_bytes + size > self._segment_size:
+            self._rotate(first_lsn)
+        # Every earlier byte is durable: under "always" the previous group was synced before
+        # this leader started; otherwise only if nothing was written since the last sync.
+        after_sync = self._durable_lsn == first_lsn - 1
+        seed = self._seed
+        parts: list[bytes] = []
+        for lsn, rtype, codec, raw_length, body in batch:
+            framed, seed = frame_record(
+                seed=seed,
+                lsn=lsn,
+                type=rtype,
+                codec=codec,
+                flags=FLAG_AFTER_SYNC if after_sync else 0,
+                raw_length=raw_length,
+                body=body,
+            )
+            after_sync = False
+            parts.append(framed)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._fs.write(self._fd, data)
+        self._seed = seed
+        self._segment_bytes += len(data)
+        self._segment_records += len(batch)
+        if sync:
+            self._fs.fdatasync(self._fd)
+
+    def _rotate(self, first_lsn: int) -> None:
+        """Close the full segment (synced) and start the next one at ``first_lsn``."""
+        self._fs.fdatasync(self._fd)
+        self._durable_lsn = first_lsn - 1
+        old_fd = self._fd
+        header = SegmentHeader(self.epoch, self._segment.seq + 1, first_lsn, self._seed)
+        self._segment, self._fd = create_segment(self._fs, self._dir, header)
+        self._fs.close(old_fd)
+        self._segment_bytes = self._fs.file_size(self._segment.path)
+        self._segment_records = 0
+
+    # -- syncing and closing ------------------------------------------------------------------
+    def sync(self) -> None:
+        """Make every record appended so far durable (under any durability level)."""
+        with self._cond:
+            while self._flushing:
+                self._cond.wait()
+            self._check_usable()
+            self._write_pending(sync=True)
+
+    def _sync_periodically(self) -> None:
+        """The ``interval`` level's background syncer.
+
+        Syncs a duplicate of the current descriptor outside the lock, so appends are not held
+        up by the sync and a rotation closing the original cannot pull the file away.
+        """
+        while not self._stop_syncer.wait(self._sync_interval):
+            with self._cond:
+                if self._poison is not None or self._closed:
+                    return
+                target = self._written_lsn
+                if target <= self._durable_lsn:
+                    continue
+                fd = self._fs.dup(self._fd)
+            try:
+                self._fs.fdatasync(fd)
+            except BaseException as exc:
+                with self._cond:
+                    self._poison = exc
+                return
+            finally:
+                self._fs.close(fd)
+            with self._cond:
+                self._durable_lsn = max(self._durable_lsn, target)
+
+    def close(self) -> None:
+        """Sync what was appended and release the files. Idempotent.
+
+        A poisoned log is closed without syncing (its state is for recovery to judge).
+        """
+        with self._cond:
+            while self._flushing:
+                self._cond.wait()
+            if self._closed:
+                return
+            try:
+                if self._poison is None:
+                    self._write_pending(sync=True)
+            finally:
+                self._closed = True
+                self._stop_syncer.set()
+                self._fs.close(self._fd)
+                self._cond.notify_all()
+        if self._syncer is not None:
+            self._syncer.join()
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, from_lsn: int = 1) -> Iterator[Record]:
+        """Each record from ``from_lsn`` up to the last one written when the call was made.
+
+        Damage met on the way is handled by the recovery mode the log was opened with (the tail
+        was repaired at open): ``CorruptionError`` for corruption, except that
+        ``skip_corrupted`` skips (and reports to ``on_damage``) what it skipped at open.
+        """
+        _positive_int("from_lsn", from_lsn, 1)
+        with self._cond:
+            while self._flushing:
+                self._cond.wait()
+            self._check_usable()
+            to_lsn = self._written_lsn
+        if from_lsn > to_lsn:
+            return iter(())
+        scan = LogScan(
+            self._fs,
+            self._dir,
+            mode=self._mode,
+            from_lsn=from_lsn,
+            to_lsn=to_lsn,
+            on_damage=self._on_damage,
+        )
+        return scan.records()
+
+
+_OPEN_TOKEN: Final = object()

@@ -1,0 +1,245 @@
+"""Reading the log: segments in order, chained across files, under a recovery mode.
+
+:class:`LogScan` walks the segments of a log directory and yields each valid record once, in
+LSN order. What it does at damage depends on the recovery mode (docs/format.md §6); it never
+changes a file — repairs are :mod:`wfstate.wal.recovery`'s job. Damage is reported through a
+callback, LevelDB-reporter style, so callers decide what to log or count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from wfstate.errors import CorruptionError, TornWriteError, ValidationError
+from wfstate.format import SEGMENT_HEADER_SIZE, RecordHeader, parse_segment_name
+from wfstate.fs import FileSystem
+from wfstate.wal.codec import decompress
+from wfstate.wal.segment import (
+    Cursor,
+    SegmentFile,
+    durable_after,
+    header_is_torn_creation,
+    read_segment_header,
+    resync,
+    walk,
+)
+
+RecoveryMode = Literal["tolerate_torn_tail", "absolute", "point_in_time", "skip_corrupted"]
+RECOVERY_MODES: tuple[RecoveryMode, ...] = (
+    "tolerate_torn_tail",
+    "absolute",
+    "point_in_time",
+    "skip_corrupted",
+)
+DamageKind = Literal["torn_tail", "torn_segment", "corruption"]
+
+
+def check_mode(mode: str) -> RecoveryMode:
+    """``mode`` as a RecoveryMode, or ``ValidationError`` naming the field."""
+    for known in RECOVERY_MODES:
+        if mode == known:
+            return known
+    raise ValidationError("mode", f"must be one of {list(RECOVERY_MODES)}, not {mode!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LogDamage:
+    """Damage found while reading: where, how many bytes, what kind, and why.
+
+    ``kind`` is ``torn_tail`` (the unsynced end of the last segment, a clean end of the log),
+    ``torn_segment`` (a last segment whose creation never became durable) or ``corruption``
+    (durable bytes that went bad). ``length`` counts the bytes from ``offset`` that the reader
+    did not accept (to the end of the file, or to where it resynchronised).
+    """
+
+    kind: DamageKind
+    path: str
+    offset: int
+    length: int
+    reason: str
+
+
+class Record(NamedTuple):
+    """One record of the log: its LSN, its type and its (decompressed) payload."""
+
+    lsn: int
+    type: int
+    payload: bytes
+
+    def decode(self) -> object:
+        """The payload decoded as the msgspec MessagePack document the store layers write."""
+        return msgspec.msgpack.decode(self.payload)
+
+
+class TailPosition(NamedTuple):
+    """Where the valid log ends: the place the next record goes, and the chain state there."""
+
+    segment: SegmentFile
+    offset: int
+    seed: int
+    next_lsn: int
+    epoch: int
+
+
+def list_segments(fs: FileSystem, wal_dir: str) -> list[SegmentFile]:
+    """The segment files of ``wal_dir`` in sequence order; a gap in the sequence is corruption."""
+    found: list[SegmentFile] = []
+    for name in fs.listdir(wal_dir):
+        parsed = parse_segment_name(name)
+        if parsed is not None:
+            seq, first_lsn = parsed
+            found.append(SegmentFile(name, os.path.join(wal_dir, name), seq, first_lsn))
+    found.sort(key=lambda s: s.seq)
+    for before, after in itertools.pairwise(found):
+        if after.seq != before.seq + 1:
+            raise CorruptionError(
+                wal_dir, 0, f"segment sequence jumps from {before.seq} to {after.seq}"
+            )
+        if after.first_lsn < before.first_lsn:
+            raise CorruptionError(after.path, 0, "segment first LSN goes backwards")
+    return found
+
+
+DamageCallback = Callable[[LogDamage], None]
+
+
+class LogScan:
+    """One pass over the records of a log directory under a recovery mode.
+
+    Iterate :meth:`records` (or :meth:`headers`, which skips decompression). After the
+    iteration, :attr:`tail` is where the valid log ends (None if it was stopped early by
+    ``to_lsn``) and :attr:`damage` lists everything reported. ``from_lsn`` starts at the segment
+    holding that LSN, trusting that segment's header for the chain; ``to_lsn`` stops after that
+    LSN without looking further (for reading a log while it is being appended to).
+    """
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        wal_dir: str,
+        *,
+        mode: RecoveryMode = "tolerate_torn_tail",
+        from_lsn: int = 1,
+        to_lsn: int | None = None,
+        on_damage: DamageCallback | None = None,
+        segments: list[SegmentFile] | None = None,
+    ) -> None:
+        self._fs = fs
+        self._dir = wal_dir
+        self._mode = mode
+        self._from_lsn = from_lsn
+        self._to_lsn = to_lsn
+        self._on_damage = on_damage
+        self._segments = segments if segments is not None else list_segments(fs, wal_dir)
+        self.damage: list[LogDamage] = []
+        self.tail: TailPosition | None = None
+        self.epoch: int | None = None
+        self.records_read = 0
+        self.bytes_read = 0
+        self._prev_end = 0
+
+    def _report(self, damage: LogDamage) -> None:
+        self.damage.append(damage)
+        if self._on_damage is not None:
+            self._on_damage(damage)
+
+    def records(self) -> Iterator[Record]:
+        """Each valid record with LSN in ``[from_lsn, to_lsn]``, payload decompressed."""
+        for seg, buf, offset, h in self._scan():
+            body = memoryview(buf)[offset + 32 : offset + 32 + h.length]
+            try:
+                payload = decompress(h.codec, body, h.raw_length)
+            except ValueError as exc:  # verified bytes that do not decode: a writer bug
+                raise CorruptionError(seg.path, offset, str(exc)) from exc
+            yield Record(h.lsn, h.type, payload)
+
+    def headers(self) -> Iterator[tuple[SegmentFile, int, RecordHeader]]:
+        """``(segment, offset, header)`` of each valid record, without decoding payloads."""
+        for seg, _buf, offset, h in self._scan():
+            yield seg, offset, h
+
+    def _scan(self) -> Iterator[tuple[SegmentFile, bytes, int, RecordHeader]]:
+        segments = self._segments
+        start = 0
+        for i, seg in enumerate(segments):
+            if seg.first_lsn <= self._from_lsn:
+                start = i
+        chain: tuple[int, int] | None = None  # (seed, next lsn) carried from the segment before
+        for index in range(start, len(segments)):
+            seg = segments[index]
+            last = index == len(segments) - 1
+            buf = self._fs.read_file(seg.path)
+            self.bytes_read += len(buf)
+            try:
+                header = read_segment_header(buf, seg, self.epoch)
+            except CorruptionError as exc:
+                if not (last and header_is_torn_creation(buf)):
+                    raise
+                self._report(LogDamage("torn_segment", seg.path, 0, len(buf), exc.reason))
+                if self._mode == "absolute":
+                    raise TornWriteError(seg.path, 0, f"torn segment header: {exc.reason}") from exc
+                if chain is not None and self.epoch is not None:
+                    prev = segments[index - 1]
+                    self.tail = TailPosition(prev, self._prev_end, *chain, self.epoch)
+                return
+            self.epoch = header.epoch
+            if chain is not None and chain != (header.prev_checksum, header.first_lsn):
+                self._damaged(
+                    seg,
+                    SEGMENT_HEADER_SIZE,
+                    len(buf),
+                    last=False,
+                    reason="segment does not continue the previous segment's chain",
+                )
+                if self._mode == "point_in_time":
+                    return
+            cur = Cursor(SEGMENT_HEADER_SIZE, header.prev_checksum, header.first_lsn)
+            while True:
+                for offset, h in walk(buf, cur):
+                    if h.lsn >= self._from_lsn:
+                        self.records_read += 1
+                        yield seg, buf, offset, h
+                        if self._to_lsn is not None and h.lsn >= self._to_lsn:
+                            return
+                if cur.reason is None:
+                    break
+                # damage at cur.offset: torn tail, or corruption handled per mode
+                damaged_at = cur.offset
+                torn = last and durable_after(buf, damaged_at, cur.lsn) is None
+                if torn:
+                    self._report(
+                        LogDamage(
+                            "torn_tail", seg.path, damaged_at, len(buf) - damaged_at, cur.reason
+                        )
+                    )
+                    if self._mode == "absolute":
+                        raise TornWriteError(seg.path, damaged_at, f"torn tail: {cur.reason}")
+                    self.tail = TailPosition(seg, damaged_at, cur.seed, cur.lsn, header.epoch)
+                    return
+                resumed = resync(buf, damaged_at, cur.lsn)
+                resume_at = resumed.offset if resumed is not None else len(buf)
+                self._damaged(seg, damaged_at, resume_at, last=last, reason=cur.reason)
+                if self._mode == "point_in_time":
+                    self.tail = TailPosition(seg, damaged_at, cur.seed, cur.lsn, header.epoch)
+                    return
+                if resumed is None:  # skip_corrupted: nothing verifies after; next segment
+                    cur.offset = len(buf)
+                    break
+                cur = resumed
+            self._prev_end = cur.offset
+            chain = (cur.seed, cur.lsn)
+            if last:
+                self.tail = TailPosition(seg, cur.offset, cur.seed, cur.lsn, header.epoch)
+
+    def _damaged(self, seg: SegmentFile, offset: int, end: int, *, last: bool, reason: str) -> None:
+        """Report corruption; raise unless the mode goes on past it."""
+        damage = LogDamage("corruption", seg.path, offset, end - offset, reason)
+        self._report(damage)
+        if self._mode in ("tolerate_torn_tail", "absolute"):
+            raise CorruptionError(seg.path, offset, reason)

@@ -1,0 +1,153 @@
+"""Recovery of a log directory before it is written to: find the end, repair, keep evidence.
+
+Run by :meth:`wfstate.wal.Log.open`. What the recovery mode decides to cut is never destroyed:
+bytes cut from a segment are written to ``<segment>.broken-<offset>`` (atomic write: temp,
+fsync, rename, directory fsync) *before* the segment is truncated, and whole segments are moved
+into ``quarantine/`` (directory fsynced) before anything else changes. A crash at any point of a
+repair leaves a log that the same recovery repairs again to the same result.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import NamedTuple
+
+from wfstate.errors import CorruptionError, TornWriteError
+from wfstate.format import (
+    QUARANTINE_DIR,
+    SEGMENT_HEADER_SIZE,
+    SegmentHeader,
+    broken_name,
+    genesis_checksum,
+    pack_segment_header,
+    segment_name,
+)
+from wfstate.fs import FileSystem, atomic_write, make_dirs
+from wfstate.wal.reader import (
+    DamageCallback,
+    LogDamage,
+    LogScan,
+    RecoveryMode,
+    TailPosition,
+    list_segments,
+)
+from wfstate.wal.segment import SegmentFile, header_is_torn_creation, read_segment_header
+
+
+class Recovered(NamedTuple):
+    """The outcome of recovery: where appends continue, and what was found and repaired."""
+
+    tail: TailPosition
+    damage: list[LogDamage]
+    last_lsn: int
+
+
+def create_segment(fs: FileSystem, wal_dir: str, header: SegmentHeader) -> tuple[SegmentFile, int]:
+    """Create a segment and make its header and directory entry durable; returns it and an fd.
+
+    No record may be written to a segment before this returns (docs/format.md §2.1), which is
+    what lets recovery treat a segment with a bad header and no data as a torn creation.
+    """
+    name = segment_name(header.seq, header.first_lsn)
+    path = os.path.join(wal_dir, name)
+    fd = fs.create_exclusive(path)
+    try:
+        fs.write(fd, pack_segment_header(header))
+        fs.fsync(fd)
+        fs.fsync_dir(wal_dir)
+    except BaseException:
+        fs.close(fd)
+        raise
+    return SegmentFile(name, path, header.seq, header.first_lsn), fd
+
+
+def new_epoch() -> int:
+    """A random non-zero store epoch."""
+    while (epoch := secrets.randbits(64)) == 0:
+        pass
+    return epoch
+
+
+def recover(
+    fs: FileSystem,
+    wal_dir: str,
+    *,
+    mode: RecoveryMode,
+    on_damage: DamageCallback | None,
+    epoch: int | None,
+) -> Recovered:
+    """Find the end of the log in ``wal_dir`` under ``mode`` and repair it for appending.
+
+    Creates the directory and a first segment (with ``epoch``, or a random one) if there is
+    none. In ``tolerate_torn_tail`` only the last segment is read (older segments were synced
+    before their successors were created and are checked when read); the other modes read the
+    whole log. Raises ``CorruptionError`` / ``TornWriteError`` when the mode does not allow
+    going on, having changed nothing.
+    """
+    make_dirs(fs, wal_dir)
+    damage: list[LogDamage] = []
+
+    def report(d: LogDamage) -> None:
+        damage.append(d)
+        if on_damage is not None:
+            on_damage(d)
+
+    segments = list_segments(fs, wal_dir)
+    while segments:
+        last = segments[-1]
+        buf = fs.read_file(last.path)
+        try:
+            read_segment_header(buf, last, None)
+            break
+        except CorruptionError as exc:
+            if not header_is_torn_creation(buf):
+                raise
+            if mode == "absolute":
+                raise TornWriteError(last.path, 0, f"torn segment header: {exc.reason}") from exc
+            report(LogDamage("torn_segment", last.path, 0, len(buf), exc.reason))
+            fs.replace(last.path, os.path.join(wal_dir, broken_name(last.name, 0)))
+            fs.fsync_dir(wal_dir)
+            segments.pop()
+    if not segments:
+        chosen = epoch if epoch is not None else new_epoch()
+        header = SegmentHeader(chosen, 1, 1, genesis_checksum(chosen))
+        seg, fd = create_segment(fs, wal_dir, header)
+        fs.close(fd)
+        tail = TailPosition(seg, SEGMENT_HEADER_SIZE, header.prev_checksum, 1, chosen)
+        return Recovered(tail, damage, 0)
+
+    from_lsn = segments[-1].first_lsn if mode == "tolerate_torn_tail" else 1
+    scan = LogScan(fs, wal_dir, mode=mode, from_lsn=from_lsn, on_damage=report, segments=segments)
+    for _ in scan.headers():
+        pass
+    if scan.tail is None:  # pragma: no cover - a scan without to_lsn always ends with a tail
+        raise AssertionError("log scan ended without a tail")
+    tail = scan.tail
+    later = [s for s in segments if s.seq > tail.segment.seq]
+    if later:
+        quarantine = os.path.join(wal_dir, QUARANTINE_DIR)
+        make_dirs(fs, quarantine)
+        for seg in later:
+            fs.replace(seg.path, os.path.join(quarantine, seg.name))
+        fs.fsync_dir(quarantine)
+        fs.fsync_dir(wal_dir)
+    cut_tail(fs, tail.segment, tail.offset)
+    return Recovered(tail, damage, tail.next_lsn - 1)
+
+
+def cut_tail(fs: FileSystem, seg: SegmentFile, offset: int) -> None:
+    """Truncate ``seg`` to ``offset``, first keeping any non-zero bytes cut as evidence."""
+    buf = fs.read_file(seg.path)
+    if len(buf) <= offset:
+        return
+    cut = buf[offset:]
+    if any(cut):
+        evidence = os.path.join(os.path.dirname(seg.path), broken_name(seg.name, offset))
+        atomic_write(fs, evidence, cut)
+    fd = fs.open_append(seg.path)
+    try:
+        fs.truncate(fd, offset)
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
