@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from wfstate.demo import main as demo_main
+
 USAGE = """usage: python -m wfstate COMMAND [ARGS]
 
 commands:
@@ -22,8 +24,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "demo":
-        from wfstate.demo import main as demo_main
-
         return demo_main(rest)
     print(f"wfstate: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
     return 2

@@ -46,7 +46,9 @@ def run_demo(directory: str, *, records: int, seed: int | None) -> int:
     wal = os.path.join(directory, WAL_DIR)
     kill_after = rng.randint(records // 2, records)
     print(f"store: {directory}")
-    print(f"1. a writer process appends step outputs (durability=always); killed after ~{kill_after}")
+    print(
+        f"1. a writer process appends step outputs (durability=always); killed after ~{kill_after}"
+    )
     child = subprocess.Popen(
         [sys.executable, "-m", "wfstate.demo", "--child", wal],
         stdout=subprocess.PIPE,
@@ -68,17 +70,23 @@ def run_demo(directory: str, *, records: int, seed: int | None) -> int:
     fd = OS_FS.open_append(last.path)
     OS_FS.write(fd, torn)
     OS_FS.close(fd)
-    print(f"3. simulating a power cut: {len(torn)} half-written bytes left at the end of {last.name}")
+    print(
+        f"3. simulating a power cut: {len(torn)} half-written bytes left at the end of {last.name}"
+    )
 
     with Log.open(wal) as log:
         for damage in log.recovery:
-            print(f"4. recovery: {damage.kind} at {os.path.basename(damage.path)} offset "
-                  f"{damage.offset}: {damage.length} bytes cut ({damage.reason}); kept beside it")
+            print(
+                f"4. recovery: {damage.kind} at {os.path.basename(damage.path)} offset "
+                f"{damage.offset}: {damage.length} bytes cut ({damage.reason}); kept beside it"
+            )
         survived = {r.lsn: r.payload for r in log.read()}
     missing = [lsn for lsn in acked if lsn not in survived]
     wrong = [lsn for lsn in acked if lsn in survived and survived[lsn] != _payload(lsn)]
-    print(f"5. reopened: {len(survived)} records in the log; "
-          f"{len(acked) - len(missing) - len(wrong)} of {len(acked)} acknowledged records intact")
+    print(
+        f"5. reopened: {len(survived)} records in the log; "
+        f"{len(acked) - len(missing) - len(wrong)} of {len(acked)} acknowledged records intact"
+    )
     if missing or wrong:
         print(f"FAILED: missing {missing[:10]}, wrong {wrong[:10]}")
         return 1

@@ -146,12 +146,19 @@ def unpack_record_header(buf: bytes | memoryview, offset: int) -> RecordHeader:
 
 
 def frame_record(
-    *, seed: int, lsn: int, type: int, codec: int, flags: int, raw_length: int, body: bytes
+    *,
+    seed: int,
+    lsn: int,
+    record_type: int,
+    codec: int,
+    flags: int,
+    raw_length: int,
+    body: bytes,
 ) -> tuple[bytes, int]:
     """Frame one record: returns its on-disk bytes and its checksum (the next seed)."""
     length = len(body)
     padding = pad8(length) - length
-    rest = RECORD_HEADER.pack(0, lsn, length, raw_length, type, codec, flags, 0, 0)[8:]
+    rest = RECORD_HEADER.pack(0, lsn, length, raw_length, record_type, codec, flags, 0, 0)[8:]
     tail = rest + body + bytes(padding) if padding else rest + body
     checksum = xxhash.xxh3_64_intdigest(tail, seed)
     return checksum.to_bytes(8, "little") + tail, checksum

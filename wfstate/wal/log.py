@@ -201,12 +201,12 @@ class Log:
         return self._poison is not None
 
     # -- appending ----------------------------------------------------------------------------
-    def append(self, payload: bytes, *, type: int = RECORD_DATA) -> int:
+    def append(self, payload: bytes, *, record_type: int = RECORD_DATA) -> int:
         """Append one record; return its LSN once acknowledged under the durability level.
 
         ``payload`` is opaque bytes (the store layers put msgspec MessagePack documents here),
-        1 byte to ``max_record_size``; ``type`` is 1..255. Bad input raises
-        ``ValidationError`` and nothing is written. A failed write or sync raises
+        1 byte to ``max_record_size``; ``record_type`` is 1..255 (docs/format.md §5). Bad input
+        raises ``ValidationError`` and nothing is written. A failed write or sync raises
         ``StorePoisonedError``: the record is not acknowledged, and may or may not be found
         after reopening.
         """
@@ -217,14 +217,14 @@ class Log:
             raise ValidationError(
                 "payload", f"size {size} is outside 1..{self._max_record} (max_record_size)"
             )
-        if not isinstance(type, int) or not 1 <= type <= 255:
-            raise ValidationError("type", f"must be an int in 1..255, not {type!r}")
+        if not isinstance(record_type, int) or not 1 <= record_type <= 255:
+            raise ValidationError("record_type", f"must be an int in 1..255, not {record_type!r}")
         codec, body = compress(bytes(payload), self._compression)
         with self._cond:
             self._check_usable()
             lsn = self._next_lsn
             self._next_lsn = lsn + 1
-            self._pending.append((lsn, type, codec, size, body))
+            self._pending.append((lsn, record_type, codec, size, body))
             if self._durability != "always":
                 self._write_pending(sync=False)
                 return lsn
@@ -315,7 +315,7 @@ class Log:
             framed, seed = frame_record(
                 seed=seed,
                 lsn=lsn,
-                type=rtype,
+                record_type=rtype,
                 codec=codec,
                 flags=FLAG_AFTER_SYNC if after_sync else 0,
                 raw_length=raw_length,
