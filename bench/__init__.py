@@ -1,0 +1,1 @@
+"""Benchmarks against the peers of BENCHMARKS.md; run with pytest, see bench/README.md."""

@@ -1,0 +1,310 @@
+"""The peers of BENCHMARKS.md and a wfstate adapter, all with one shape.
+
+Each peer is a class with ``open(directory)``, ``commit(payload)`` and ``close()``. ``commit``
+returns only once the payload is durable (it survives an OS crash or power loss). Peers marked
+thread-safe may be committed to from many threads at once (P2).
+
+Peers call ``os`` directly: they are yardsticks, not part of wfstate.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from wfstate.wal import Durability, Log
+
+__all__ = [
+    "SYSTEMS",
+    "Floor",
+    "GroupFloor",
+    "JsonRewrite",
+    "LockedFloor",
+    "OpenPeer",
+    "Peer",
+    "SqliteFull",
+    "Wfstate",
+]
+
+_LEN_BYTES = 4
+
+
+class Peer(Protocol):
+    """What the benchmarks drive."""
+
+    def open(self, directory: str) -> None: ...
+
+    def commit(self, payload: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: ``open_peer(system)``, the fixture in ``bench/conftest.py``: a fresh, opened peer.
+OpenPeer = Callable[[str], Peer]
+
+
+def _record(payload: bytes) -> bytes:
+    return len(payload).to_bytes(_LEN_BYTES, "little") + payload
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_log_file(directory: str, name: str) -> int:
+    """Open ``directory/name`` for appending, with the file's creation made durable."""
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    _fsync_dir(directory)
+    return fd
+
+
+class Floor:
+    """Append a 4-byte length + payload to one file, ``fdatasync`` per commit.
+
+    No checksum, no compression, no lock: the least a durable log can do. Single writer only.
+    """
+
+    def __init__(self) -> None:
+        self._fd = -1
+
+    def open(self, directory: str) -> None:
+        self._fd = _open_log_file(directory, "floor.log")
+
+    def commit(self, payload: bytes) -> None:
+        _write_all(self._fd, _record(payload))
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LockedFloor(Floor):
+    """:class:`Floor` behind a mutex: thread-safe, one write + one sync per commit.
+
+    The P2 reference for "no group commit".
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def commit(self, payload: bytes) -> None:
+        with self._lock:
+            super().commit(payload)
+
+
+class GroupFloor:
+    """:class:`Floor` with group commit; thread-safe.
+
+    Leader/follower: a committer queues its record; if no flush is in progress it becomes the
+    leader, takes every pending record, writes them with one ``os.write``, ``fdatasync``s once
+    and wakes the others. Records queued during a flush go out in the next one. No deliberate
+    delay. If a flush fails, that commit and every later one raise (the file is then suspect).
+    """
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._cond = threading.Condition()
+        self._pending: list[bytes] = []
+        self._queued = 0  # records ever queued
+        self._durable = 0  # records ever made durable (a prefix of the queue)
+        self._flushing = False
+        self._failed: BaseException | None = None
+
+    def open(self, directory: str) -> None:
+        self._fd = _open_log_file(directory, "group_floor.log")
+
+    def commit(self, payload: bytes) -> None:
+        record = _record(payload)
+        with self._cond:
+            self._pending.append(record)
+            self._queued += 1
+            mine = self._queued
+            while True:
+                if self._failed is not None:
+                    raise OSError("an earlier group flush failed") from self._failed
+                if self._durable >= mine:
+                    return
+                if not self._flushing:
+                    break
+                self._cond.wait()
+            self._flushing = True
+            batch, self._pending = self._pending, []
+            upto = self._queued
+        try:
+            _write_all(self._fd, b"".join(batch))
+            os.fdatasync(self._fd)
+        except BaseException as exc:
+            with self._cond:
+                self._failed = exc
+                self._flushing = False
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._durable = upto
+            self._flushing = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class SqliteFull:
+    """stdlib ``sqlite3``, ``journal_mode=WAL``, ``synchronous=FULL``; thread-safe.
+
+    One row (integer key, blob) per commit, one transaction per commit. Each thread gets its
+    own connection; ``busy_timeout`` makes concurrent writers wait for the write lock (SQLite's
+    busy handler polls with sleeps; that is what users get).
+    """
+
+    BUSY_TIMEOUT_MS = 60_000
+
+    def __init__(self) -> None:
+        self._path = ""
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+
+    def open(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self._path = os.path.join(directory, "peer.sqlite")
+        conn = self._connection()
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise RuntimeError(f"sqlite refused WAL mode: {mode!r}")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS commits (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)"
+        )
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: no implicit transactions, we issue BEGIN/COMMIT ourselves.
+            # check_same_thread=False only so close() may run on another thread once the
+            # workers are done; each connection is used by the thread that made it.
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self.BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=FULL")  # per connection, so set on each
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def commit(self, payload: bytes) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT INTO commits (payload) VALUES (?)", (payload,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def count(self) -> int:
+        row = self._connection().execute("SELECT count(*) FROM commits").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+
+class JsonRewrite:
+    """The whole document rewritten per change: temp file, fsync, rename, directory fsync.
+
+    ``commit(payload)`` takes the complete serialized document (e.g. a workflow state as JSON)
+    and replaces the file with it. Thread-safe (commits are serialized).
+    """
+
+    def __init__(self, name: str = "state.json") -> None:
+        self._name = name
+        self._dir = ""
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self._dir, self._name)
+
+    def open(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self._dir = directory
+
+    def commit(self, payload: bytes) -> None:
+        with self._lock:
+            tmp = self.path + ".tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            _fsync_dir(self._dir)
+
+    def load(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def close(self) -> None:
+        pass
+
+
+class Wfstate:
+    """``wfstate.wal.Log`` in the peers' shape: ``commit`` is ``Log.append``; thread-safe.
+
+    Default settings (segment size, compression) unless given; durability ``always``.
+    """
+
+    def __init__(self, durability: Durability = "always", **options: object) -> None:
+        self._durability = durability
+        self._options = options
+        self._log: Log | None = None
+
+    def open(self, directory: str) -> None:
+        self._log = Log.open(directory, durability=self._durability, **self._options)  # type: ignore[arg-type]
+
+    def commit(self, payload: bytes) -> None:
+        assert self._log is not None, "commit before open"
+        self._log.append(payload)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+#: Every system the benchmarks can drive, by the name used in test ids and the report.
+SYSTEMS: dict[str, Callable[[], Peer]] = {
+    "floor": Floor,
+    "floor_locked": LockedFloor,
+    "group_floor": GroupFloor,
+    "sqlite_full": SqliteFull,
+    "json_rewrite": JsonRewrite,
+    "wfstate": Wfstate,
+}
