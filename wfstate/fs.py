@@ -182,19 +182,33 @@ def atomic_write(fs: FileSystem, path: str, data: bytes) -> None:
         finally:
             fs.close(fd)
         fs.replace(tmp, path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.unlink(tmp)
+    except BaseException as exc:
+        try:
+            if fs.exists(tmp):
+                fs.unlink(tmp)
+        except OSError as cleanup:  # the original error is the one to raise
+            exc.add_note(f"also failed to remove the temp file {tmp}: {cleanup}")
         raise
     fs.fsync_dir(os.path.dirname(path) or ".")
 
 
 def make_dirs(fs: FileSystem, path: str) -> None:
-    """Create ``path`` and missing parents, each made durable in its parent directory."""
-    path = os.path.abspath(path)
-    if fs.is_dir(path):
-        return
-    parent = os.path.dirname(path)
-    make_dirs(fs, parent)
-    fs.mkdir(path)
-    fs.fsync_dir(parent)
+    """Create ``path`` and missing parents, and make the entry of ``path`` durable.
+
+    Each directory created is made durable in its parent. The parent of ``path`` is fsynced even
+    when ``path`` already exists: a crash between an earlier ``mkdir`` and its directory fsync
+    leaves a directory that exists but could still vanish in a power cut, with everything
+    synced inside it. A directory created concurrently by someone else counts as existing.
+    """
+    path = os.path.normpath(path)
+    parent = os.path.dirname(path) or "."
+    if not fs.is_dir(path):
+        if parent != path:
+            make_dirs(fs, parent)
+        try:
+            fs.mkdir(path)
+        except FileExistsError:
+            if not fs.is_dir(path):
+                raise
+    if parent != path:
+        fs.fsync_dir(parent)
