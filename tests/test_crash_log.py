@@ -1,0 +1,69 @@
+"""The crash simulator over append/rotate workloads: every crash state recovers, and nothing
+acknowledged is lost (DESIGN.md §10 tier 2; the figures go to docs/reliability.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.crashcheck import (
+    QUICK_WORKLOADS,
+    SlowSyncFS,
+    WorkloadFactory,
+    explore,
+    run_workload,
+)
+from tests.simfs import Fsync, SimFileSystem, Write
+
+
+@pytest.mark.parametrize("name", sorted(QUICK_WORKLOADS))
+def test_every_crash_state_recovers_with_every_acknowledged_record(
+    name: str, crash_report: list[str]
+) -> None:
+    factory: WorkloadFactory = QUICK_WORKLOADS[name]
+    outcome = explore(factory())
+    crash_report.append(
+        f"{name}: {outcome.total_states} crash states at {outcome.crash_points} crash points "
+        f"({dict(sorted(outcome.states.items()))}); violations {outcome.violations}"
+    )
+    assert outcome.total_states > 500
+    assert {"prefix", "synced-only", "torn"} <= set(outcome.states)
+    assert outcome.recovery_errors == []
+    assert outcome.wrong_records == []
+    assert outcome.acknowledged_lost == []
+    assert outcome.recover_twice_differs == []
+    assert outcome.append_after_recovery_fails == []
+
+
+def test_the_group_commit_workload_really_groups() -> None:
+    workload = run_workload("always-4t", appends=32, threads=4, fs=SlowSyncFS())
+    syncs = sum(1 for op in workload.fs.trace if isinstance(op, Fsync))
+    writes = sum(1 for op in workload.fs.trace if isinstance(op, Write))
+    assert writes < 32, "some writes must carry several records"
+    assert syncs < 32 + 10
+
+
+class _NoDataSyncFS(SimFileSystem):
+    """A broken disk driver: fdatasync returns without syncing anything."""
+
+    def fdatasync(self, fd: int) -> None:
+        pass
+
+
+def test_the_simulator_catches_an_acknowledgement_before_fdatasync(
+    crash_report: list[str],
+) -> None:
+    broken = run_workload("always-no-fdatasync", appends=12, fs=_NoDataSyncFS())
+    outcome = explore(broken)
+    crash_report.append(
+        f"broken variant (fdatasync dropped): {len(outcome.acknowledged_lost)} states lose "
+        f"acknowledged records of {outcome.total_states}"
+    )
+    assert outcome.acknowledged_lost, "dropping fdatasync must lose acknowledged records"
+
+
+@pytest.mark.slow
+def test_long_crash_exploration(crash_report: list[str]) -> None:
+    for threads in (1, 3):
+        outcome = explore(run_workload(f"always-{threads}t-long", appends=120, threads=threads))
+        crash_report.append(f"long, {threads} threads: {outcome.total_states} states")
+        assert outcome.violations == 0, outcome
