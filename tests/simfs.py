@@ -592,6 +592,9 @@ class SimFileSystem:
                 raise IsADirectoryError(_errno.EISDIR, os.strerror(_errno.EISDIR), path)
             return bytes(self._disk.files[inode])
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        return self.read_file(path)[offset : offset + size]
+
     def file_size(self, path: str) -> int:
         """Size of the file at ``path`` in bytes; 0 for a directory."""
         with self._lock:

@@ -25,6 +25,10 @@ class FileSystem(Protocol):
         """The whole content of ``path``."""
         ...
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of ``path`` from ``offset`` (fewer at the end of the file)."""
+        ...
+
     def file_size(self, path: str) -> int: ...
 
     def exists(self, path: str) -> bool: ...
@@ -90,6 +94,13 @@ class OsFileSystem:
                 chunks.append(chunk)
                 remaining -= len(chunk)
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, size, offset)
         finally:
             os.close(fd)
 

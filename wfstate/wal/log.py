@@ -426,6 +426,7 @@ class Log:
             from_lsn=from_lsn,
             to_lsn=to_lsn,
             on_damage=self._on_damage,
+            epoch=self.epoch,
         )
         return scan.records()
 

@@ -9,6 +9,7 @@ repair leaves a log that the same recovery repairs again to the same result.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from typing import NamedTuple
@@ -31,6 +32,7 @@ from wfstate.wal.reader import (
     RecoveryMode,
     TailPosition,
     list_segments,
+    store_epoch,
 )
 from wfstate.wal.segment import SegmentFile, header_is_torn_creation, read_segment_header
 
@@ -81,9 +83,9 @@ def recover(
 
     Creates the directory and a first segment (with ``epoch``, or a random one) if there is
     none. In ``tolerate_torn_tail`` only the last segment is read (older segments were synced
-    before their successors were created and are checked when read); the other modes read the
-    whole log. Raises ``CorruptionError`` / ``TornWriteError`` when the mode does not allow
-    going on, having changed nothing.
+    before their successors were created and are checked when read), after checking that the
+    segment names have no gaps; the other modes read the whole log. Raises ``CorruptionError``
+    / ``TornWriteError`` when the mode does not allow going on, having changed nothing.
     """
     make_dirs(fs, wal_dir)
     damage: list[LogDamage] = []
@@ -94,57 +96,108 @@ def recover(
             on_damage(d)
 
     segments = list_segments(fs, wal_dir)
-    while segments:
+    set_aside_torn_creation = False
+    if segments:
+        # Only the last segment can be a torn creation: every earlier one had its header
+        # synced before its successor was created.
         last = segments[-1]
         buf = fs.read_file(last.path)
         try:
             read_segment_header(buf, last, None)
-            break
         except CorruptionError as exc:
-            if not header_is_torn_creation(buf):
-                raise
-            if mode == "absolute":
-                raise TornWriteError(last.path, 0, f"torn segment header: {exc.reason}") from exc
-            report(LogDamage("torn_segment", last.path, 0, len(buf), exc.reason))
-            fs.replace(last.path, os.path.join(wal_dir, broken_name(last.name, 0)))
-            fs.fsync_dir(wal_dir)
-            segments.pop()
-    if not segments:
-        chosen = epoch if epoch is not None else new_epoch()
+            if header_is_torn_creation(buf):
+                if mode == "absolute":
+                    raise TornWriteError(
+                        last.path, 0, f"torn segment header: {exc.reason}"
+                    ) from exc
+                report(LogDamage("torn_segment", last.path, 0, len(buf), exc.reason))
+                _move_aside(fs, last.path, os.path.join(wal_dir, broken_name(last.name, 0)))
+                fs.fsync_dir(wal_dir)
+                segments.pop()
+                set_aside_torn_creation = True
+    if mode in ("tolerate_torn_tail", "absolute") and segments:
+        _check_contiguous(segments)
+    store = store_epoch(fs, segments)
+    from_lsn = segments[-1].first_lsn if mode == "tolerate_torn_tail" and segments else 1
+    scan = LogScan(
+        fs,
+        wal_dir,
+        mode=mode,
+        from_lsn=from_lsn,
+        on_damage=report,
+        segments=segments,
+        epoch=store,
+        last_may_be_torn=not set_aside_torn_creation,
+    )
+    # The salvage modes decode every payload, so that a record that verifies but does not
+    # decompress is judged by the mode too; the default mode only needs the chain.
+    for _ in scan.headers() if mode == "tolerate_torn_tail" else scan.records():
+        pass
+    tail = scan.tail
+    keep = [s for s in segments if tail is not None and s.seq <= tail.segment.seq]
+    later = segments[len(keep) :]
+    if later:
+        quarantine = os.path.join(wal_dir, QUARANTINE_DIR)
+        make_dirs(fs, quarantine)
+        for seg in later:
+            _move_aside(fs, seg.path, os.path.join(quarantine, seg.name))
+        fs.fsync_dir(quarantine)
+        fs.fsync_dir(wal_dir)
+    if tail is None:  # nothing readable is left: a fresh log (LSNs restart; evidence is kept)
+        chosen = store or epoch or new_epoch()
         header = SegmentHeader(chosen, 1, 1, genesis_checksum(chosen))
         seg, fd = create_segment(fs, wal_dir, header)
         fs.close(fd)
         tail = TailPosition(seg, SEGMENT_HEADER_SIZE, header.prev_checksum, 1, chosen)
         return Recovered(tail, damage, 0)
-
-    from_lsn = segments[-1].first_lsn if mode == "tolerate_torn_tail" else 1
-    scan = LogScan(fs, wal_dir, mode=mode, from_lsn=from_lsn, on_damage=report, segments=segments)
-    for _ in scan.headers():
-        pass
-    if scan.tail is None:  # pragma: no cover - a scan without to_lsn always ends with a tail
-        raise AssertionError("log scan ended without a tail")
-    tail = scan.tail
-    later = [s for s in segments if s.seq > tail.segment.seq]
-    if later:
-        quarantine = os.path.join(wal_dir, QUARANTINE_DIR)
-        make_dirs(fs, quarantine)
-        for seg in later:
-            fs.replace(seg.path, os.path.join(quarantine, seg.name))
-        fs.fsync_dir(quarantine)
-        fs.fsync_dir(wal_dir)
     cut_tail(fs, tail.segment, tail.offset)
     return Recovered(tail, damage, tail.next_lsn - 1)
 
 
+def _check_contiguous(segments: list[SegmentFile]) -> None:
+    if segments[0].seq != 1:
+        raise CorruptionError(
+            segments[0].path, 0, f"segments before seq {segments[0].seq} are missing"
+        )
+    for before, after in itertools.pairwise(segments):
+        if after.seq != before.seq + 1:
+            raise CorruptionError(
+                after.path, 0, f"segments {before.seq + 1}..{after.seq - 1} are missing"
+            )
+
+
+def _free_name(fs: FileSystem, path: str) -> str:
+    """``path``, or ``path.1``, ``path.2`` … : the first name not taken (evidence never
+    overwrites evidence)."""
+    candidate, n = path, 0
+    while fs.exists(candidate):
+        n += 1
+        candidate = f"{path}.{n}"
+    return candidate
+
+
+def _move_aside(fs: FileSystem, src: str, dst: str) -> None:
+    fs.replace(src, _free_name(fs, dst))
+
+
 def cut_tail(fs: FileSystem, seg: SegmentFile, offset: int) -> None:
-    """Truncate ``seg`` to ``offset``, first keeping any non-zero bytes cut as evidence."""
+    """Truncate ``seg`` to ``offset``, first keeping the bytes cut as evidence.
+
+    The evidence file is complete and durable (atomic write) before the truncation. If the
+    same bytes were already kept (a crash after the evidence, before the truncation, then
+    recovery again), they are not written twice; different bytes get a fresh name.
+    """
     buf = fs.read_file(seg.path)
     if len(buf) <= offset:
         return
     cut = buf[offset:]
-    if any(cut):
-        evidence = os.path.join(os.path.dirname(seg.path), broken_name(seg.name, offset))
-        atomic_write(fs, evidence, cut)
+    evidence = os.path.join(os.path.dirname(seg.path), broken_name(seg.name, offset))
+    candidate, n = evidence, 0
+    while fs.exists(candidate) and fs.read_file(candidate) != cut:
+        n += 1
+        candidate = f"{evidence}.{n}"
+    if not fs.exists(candidate):
+        atomic_write(fs, candidate, cut)
     fd = fs.open_append(seg.path)
     try:
         fs.truncate(fd, offset)

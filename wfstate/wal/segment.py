@@ -72,6 +72,8 @@ def read_segment_header(buf: bytes, seg: SegmentFile, epoch: int | None) -> Segm
         raise CorruptionError(
             seg.path, 16, f"segment belongs to store epoch {hdr_epoch:#x}, not {epoch or 0:#x}"
         )
+    if seq < 1 or first_lsn < 1:
+        raise CorruptionError(seg.path, 24, f"seq {seq} / first LSN {first_lsn} must be >= 1")
     if seq != seg.seq or first_lsn != seg.first_lsn:
         raise CorruptionError(
             seg.path, 24, f"header says seq {seq} first LSN {first_lsn}, the file name does not"
@@ -164,7 +166,7 @@ def resync(buf: bytes, damaged: int, expected_lsn: int) -> Cursor | None:
     q = damaged + RECORD_ALIGN
     while q + 2 * RECORD_HEADER_SIZE <= end:
         h = unpack_record_header(buf, q)
-        if h.lsn >= expected_lsn and h.is_plausible(None) and q + h.size < end:
+        if h.lsn > expected_lsn and h.is_plausible(None) and q + h.size < end:
             cur = Cursor(q + h.size, h.checksum, h.lsn + 1)
             if _verifies(buf, cur):
                 return cur
