@@ -1,0 +1,530 @@
+"""Mutations of workflow state: a tagged union of frozen Structs and a pure ``apply``.
+
+Every change to a workflow is one of the mutations below, written to the log as MessagePack
+(a batch is an array; each mutation a map whose ``op`` field names its type) and then applied.
+Each carries the ``workflow_id`` it changes and ``at``, the time the store stamped on it at
+commit, so :func:`apply` reads no clock and replaying the log rebuilds exactly the states that
+were served. The schema-evolution rules of :mod:`wfstate.model` apply to these Structs too.
+
+Determinism
+    :func:`apply` first normalizes a mutation by encoding and decoding it, so it applies the
+    very value a replay of the log decodes: ints in float fields become floats, tuples inside
+    JSON data become lists, other types msgspec encodes (datetime, UUID, set, ...) become their
+    encoded form, and every declared type and range is checked. The result depends only on
+    the prior state and the mutation.
+
+Validation (every failure raises before anything is produced)
+    - ids: :func:`wfstate.ids.validate_id`; ``at`` and timestamps: finite numbers; JSON data
+      (outputs, agent data, user data): :func:`wfstate.model.validate_json`.
+    - ``CreateWorkflow`` on an existing workflow: ValidationError at ``workflow_id``
+      ("already exists"); any other mutation on an absent workflow: NotFoundError.
+    - steps: unique ids, dependencies naming steps of the same workflow, no cycles,
+      ``max_retries >= 0``; new steps must be fresh (pending, no attempts, times or error).
+    - an unknown ``step_id``: ValidationError at ``step_id``.
+    - an illegal transition: ValidationError at ``status``, "from X to Y".
+
+Step status transitions (``SetStepStatus``)::
+
+    pending   -> running | skipped
+    running   -> completed | failed
+    failed    -> running (retry) | pending (re-queue; attempts are kept)
+    completed -> (terminal)
+    skipped   -> (terminal)
+
+    Entering running requires attempts <= max_retries (attempts counted before this one), so a
+    step runs at most 1 + max_retries times whatever path leads back to running; it increments
+    attempts, sets started_at and clears ended_at. completed, failed and skipped set ended_at;
+    pending clears started_at and ended_at. Dependencies and the workflow's status are not
+    checked: scheduling is the orchestrator's decision.
+
+Workflow status transitions (``SetWorkflowStatus``)::
+
+    idle      -> running
+    running   -> paused | completed | failed
+    paused    -> running | failed
+    failed    -> running (retry)
+    completed -> (terminal)
+
+    running sets start_time if unset and clears end_time; completed and failed set end_time.
+
+Derived fields, kept up to date by every mutation
+    ``progress`` = 100 × (completed + skipped steps) / steps (0 without steps);
+    ``current_step`` = the step most recently set running; when it leaves running, the running
+    step with the latest ``started_at`` (the last in step order on a tie), or None;
+    ``metadata.version`` += 1 and ``metadata.updated_at`` = ``at`` (``created_at`` = ``at`` and
+    ``version`` = 1 on creation); ``metadata.last_lsn`` is left for the engine to set.
+
+The ``error`` of a status change replaces the recorded error (None clears it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TypeAlias
+
+import msgspec
+from msgspec.structs import replace
+
+from wfstate.errors import NotFoundError, ValidationError
+from wfstate.ids import validate_id
+from wfstate.model import (
+    SCHEMA_VERSION,
+    AgentState,
+    JSONValue,
+    StateMetadata,
+    StepOutput,
+    StepStatus,
+    Workflow,
+    WorkflowContext,
+    WorkflowState,
+    WorkflowStatus,
+    WorkflowStep,
+    compute_progress,
+    split_msgspec_error,
+    step_index,
+    validate_json,
+    validate_state,
+    validate_steps,
+    validate_time,
+)
+
+STEP_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
+    "pending": frozenset({"running", "skipped"}),
+    "running": frozenset({"completed", "failed"}),
+    "failed": frozenset({"running", "pending"}),
+    "completed": frozenset(),
+    "skipped": frozenset(),
+}
+"""Step status → the statuses ``SetStepStatus`` may move it to."""
+
+WORKFLOW_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
+    "idle": frozenset({"running"}),
+    "running": frozenset({"paused", "completed", "failed"}),
+    "paused": frozenset({"running", "failed"}),
+    "failed": frozenset({"running"}),
+    "completed": frozenset(),
+}
+"""Workflow status → the statuses ``SetWorkflowStatus`` may move it to."""
+
+
+class _Mutation(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag_field="op",
+    forbid_unknown_fields=False,
+    omit_defaults=True,
+):
+    """Fields of every mutation: the workflow it changes and the commit time."""
+
+    workflow_id: str
+    at: float
+
+
+class CreateWorkflow(_Mutation, frozen=True, kw_only=True, tag="create_workflow"):
+    """Create workflow ``workflow_id`` (status idle) with fresh ``steps`` and ``context``."""
+
+    name: str
+    steps: tuple[WorkflowStep, ...] = ()
+    context: WorkflowContext | None = None
+
+
+class SetWorkflowStatus(_Mutation, frozen=True, kw_only=True, tag="set_workflow_status"):
+    """Move the workflow to ``status`` and record ``error``."""
+
+    status: WorkflowStatus
+    error: str | None = None
+
+
+class SetStepStatus(_Mutation, frozen=True, kw_only=True, tag="set_step_status"):
+    """Move step ``step_id`` to ``status`` and record ``error``.
+
+    A non-None ``output`` is also appended as the step's next output version, attributed to
+    the step's ``agent_id``.
+    """
+
+    step_id: str
+    status: StepStatus
+    error: str | None = None
+    output: JSONValue = None
+
+
+class PutStepOutput(_Mutation, frozen=True, kw_only=True, tag="put_step_output"):
+    """Append ``data`` as the next output version of step ``step_id`` (1 for the first)."""
+
+    step_id: str
+    data: JSONValue
+    agent_id: str | None = None
+
+
+class SetAgentState(_Mutation, frozen=True, kw_only=True, tag="set_agent_state"):
+    """Set (create or overwrite) the state of agent ``agent_id``."""
+
+    agent_id: str
+    status: str
+    data: dict[str, Any] = {}
+
+
+class UpdateContext(_Mutation, frozen=True, kw_only=True, tag="update_context"):
+    """Merge into the workflow's context; a None argument leaves that part unchanged.
+
+    The keys of ``environment`` and ``user_data`` are set one by one (other keys are kept);
+    ``session_id`` replaces the session id.
+    """
+
+    environment: dict[str, str] | None = None
+    user_data: dict[str, Any] | None = None
+    session_id: str | None = None
+
+
+class ReplaceState(_Mutation, frozen=True, kw_only=True, tag="replace_state"):
+    """Replace the whole state of an existing workflow with ``state``.
+
+    ``state.workflow.id`` must equal ``workflow_id``. ``state.metadata`` is ignored: the new
+    state continues the replaced one's metadata (``created_at``, ``version`` + 1, ...), and its
+    ``progress`` is recomputed from its steps.
+    """
+
+    state: WorkflowState
+
+
+class DeleteWorkflow(_Mutation, frozen=True, kw_only=True, tag="delete_workflow"):
+    """Delete the workflow; its state becomes None (absent)."""
+
+
+Mutation: TypeAlias = (
+    CreateWorkflow
+    | SetWorkflowStatus
+    | SetStepStatus
+    | PutStepOutput
+    | SetAgentState
+    | UpdateContext
+    | ReplaceState
+    | DeleteWorkflow
+)
+MUTATION_TYPES: Final = (
+    CreateWorkflow,
+    SetWorkflowStatus,
+    SetStepStatus,
+    PutStepOutput,
+    SetAgentState,
+    UpdateContext,
+    ReplaceState,
+    DeleteWorkflow,
+)
+
+# -- encoding ---------------------------------------------------------------------------------
+
+_LOG_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+_PLAIN_ENCODER: Final = msgspec.msgpack.Encoder()
+_BATCH_DECODER: Final = msgspec.msgpack.Decoder(list[Mutation])
+_DECODERS: Final[dict[type[Any], msgspec.msgpack.Decoder[Any]]] = {
+    cls: msgspec.msgpack.Decoder(cls) for cls in MUTATION_TYPES
+}
+
+
+def encode_mutations(batch: Sequence[Mutation]) -> bytes:
+    """The MessagePack bytes of ``batch`` (an array of tagged maps, dict keys sorted).
+
+    Raises ValidationError("mutations", ...) if a mutation holds a value MessagePack cannot
+    carry.
+    """
+    try:
+        return _LOG_ENCODER.encode(list(batch))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError("mutations", f"cannot be encoded: {exc}") from exc
+
+
+def decode_mutations(data: bytes) -> list[Mutation]:
+    """The batch encoded in ``data``, every field's type and range checked.
+
+    Raises ValidationError("mutations", ...) for malformed bytes, an unknown ``op`` or a wrong
+    type; the message carries msgspec's path (e.g. "at `$[2].step_id`").
+    """
+    try:
+        return _BATCH_DECODER.decode(data)
+    except msgspec.MsgspecError as exc:
+        raise ValidationError("mutations", str(exc)) from exc
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def validate(state: WorkflowState | None, m: Mutation, *, field: str = "mutation") -> None:
+    """Raise if ``m`` cannot be applied to ``state`` (None: the workflow is absent).
+
+    ValidationError names the offending field below ``field`` (``mutation.step_id``,
+    ``mutations[2].steps[0].dependencies``, ...); NotFoundError means the workflow is absent.
+    """
+    _check(state, m, field)
+
+
+def apply(state: WorkflowState | None, m: Mutation) -> WorkflowState | None:
+    """The state after applying ``m`` to ``state``; None when the workflow is deleted.
+
+    Validates first (as :func:`validate` with ``field="mutation"``) and raises before producing
+    anything. ``state`` and ``m`` are never modified.
+    """
+    return _apply_checked(state, _check(state, m, "mutation"))
+
+
+def apply_batch(
+    states: Mapping[str, WorkflowState | None], batch: Sequence[Mutation]
+) -> dict[str, WorkflowState | None]:
+    """Apply ``batch`` in order, all or nothing.
+
+    ``states`` maps workflow id → current state (a missing id is an absent workflow). Each
+    mutation sees the results of the earlier ones. Returns the final state of every workflow
+    the batch names (None = absent or deleted), keyed by id; ``states`` is not modified. The
+    first invalid mutation raises (fields prefixed ``mutations[i]``) and nothing is returned.
+    """
+    result: dict[str, WorkflowState | None] = {}
+    for i, m in enumerate(batch):
+        field = f"mutations[{i}]"
+        _check_type(m, field)
+        workflow_id = validate_id(m.workflow_id, f"{field}.workflow_id")
+        prior = result[workflow_id] if workflow_id in result else states.get(workflow_id)
+        result[workflow_id] = _apply_checked(prior, _check(prior, m, field))
+    return result
+
+
+def _check_type(m: object, field: str) -> None:
+    if type(m) not in _DECODERS:
+        raise ValidationError(field, f"must be a mutation, not {type(m).__name__}")
+
+
+def _normalize(m: Mutation, field: str) -> Mutation:
+    """``m`` as a log replay decodes it; raises ValidationError naming the bad field."""
+    try:
+        data = _PLAIN_ENCODER.encode(m)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(field, f"cannot be encoded: {exc}") from exc
+    try:
+        normalized: Mutation = _DECODERS[type(m)].decode(data)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(*split_msgspec_error(exc, field)) from exc
+    return normalized
+
+
+def _check(state: WorkflowState | None, m: Mutation, field: str) -> Mutation:
+    """Validate ``m`` against ``state``; return the normalized mutation to apply."""
+    _check_type(m, field)
+    validate_id(m.workflow_id, f"{field}.workflow_id")
+    n = _normalize(m, field)
+    validate_time(n.at, f"{field}.at")
+    if isinstance(n, CreateWorkflow):
+        if state is not None:
+            raise ValidationError(f"{field}.workflow_id", f"{n.workflow_id!r} already exists")
+        _check_create(n, field)
+        return n
+    if state is None:
+        raise NotFoundError(f"{field}.workflow_id: no workflow {n.workflow_id!r}")
+    if state.workflow.id != n.workflow_id:
+        raise ValidationError(
+            f"{field}.workflow_id",
+            f"names {n.workflow_id!r} but the state is of workflow {state.workflow.id!r}",
+        )
+    match n:
+        case SetWorkflowStatus():
+            old = state.workflow.status
+            if n.status not in WORKFLOW_TRANSITIONS[old]:
+                raise ValidationError(
+                    f"{field}.status", f"illegal transition from {old} to {n.status}"
+                )
+        case SetStepStatus():
+            step = _find_step(state, n.step_id, field)
+            if n.status not in STEP_TRANSITIONS[step.status]:
+                raise ValidationError(
+                    f"{field}.status", f"illegal transition from {step.status} to {n.status}"
+                )
+            if n.status == "running" and step.attempts > step.max_retries:
+                raise ValidationError(
+                    f"{field}.status",
+                    f"illegal transition from {step.status} to running: {step.attempts} attempts "
+                    f"used and max_retries is {step.max_retries}",
+                )
+            if n.output is not None:
+                validate_json(n.output, f"{field}.output")
+        case PutStepOutput():
+            _find_step(state, n.step_id, field)
+            if n.agent_id is not None:
+                validate_id(n.agent_id, f"{field}.agent_id")
+            validate_json(n.data, f"{field}.data")
+        case SetAgentState():
+            validate_id(n.agent_id, f"{field}.agent_id")
+            validate_json(n.data, f"{field}.data")
+        case UpdateContext():
+            if n.session_id is not None:
+                validate_id(n.session_id, f"{field}.session_id")
+            if n.user_data is not None:
+                validate_json(n.user_data, f"{field}.user_data")
+        case ReplaceState():
+            if n.state.workflow.id != n.workflow_id:
+                raise ValidationError(
+                    f"{field}.state.workflow.id",
+                    f"{n.state.workflow.id!r} is not the mutation's workflow {n.workflow_id!r}",
+                )
+            validate_state(n.state, f"{field}.state")
+        case DeleteWorkflow():
+            pass
+    return n
+
+
+_FRESH_STEP: Final = WorkflowStep(id="-", name="-")
+_RUN_FIELDS: Final = ("status", "attempts", "started_at", "ended_at", "error")
+
+
+def _check_create(n: CreateWorkflow, field: str) -> None:
+    validate_steps(n.steps, f"{field}.steps")
+    for i, step in enumerate(n.steps):
+        for name in _RUN_FIELDS:
+            if getattr(step, name) != getattr(_FRESH_STEP, name):
+                raise ValidationError(
+                    f"{field}.steps[{i}].{name}",
+                    f"a new step must have {name}={getattr(_FRESH_STEP, name)!r}",
+                )
+    if n.context is not None:
+        if n.context.session_id is not None:
+            validate_id(n.context.session_id, f"{field}.context.session_id")
+        validate_json(n.context.user_data, f"{field}.context.user_data")
+
+
+def _find_step(state: WorkflowState, step_id: str, field: str) -> WorkflowStep:
+    validate_id(step_id, f"{field}.step_id")
+    for step in state.workflow.steps:
+        if step.id == step_id:
+            return step
+    raise ValidationError(
+        f"{field}.step_id", f"no step {step_id!r} in workflow {state.workflow.id!r}"
+    )
+
+
+# -- application ------------------------------------------------------------------------------
+
+
+def _apply_checked(state: WorkflowState | None, n: Mutation) -> WorkflowState | None:
+    """Apply the normalized, validated mutation ``n``."""
+    at = n.at
+    if isinstance(n, CreateWorkflow):
+        return WorkflowState(
+            metadata=StateMetadata(
+                schema_version=SCHEMA_VERSION, created_at=at, updated_at=at, version=1
+            ),
+            workflow=Workflow(
+                id=n.workflow_id, name=n.name, steps=n.steps, progress=compute_progress(n.steps)
+            ),
+            context=n.context if n.context is not None else WorkflowContext(),
+        )
+    assert state is not None  # _check raised NotFoundError otherwise
+    metadata = replace(state.metadata, version=state.metadata.version + 1, updated_at=at)
+    match n:
+        case SetWorkflowStatus():
+            return _set_workflow_status(state, n, metadata)
+        case SetStepStatus():
+            return _set_step_status(state, n, metadata)
+        case PutStepOutput():
+            outputs = _append_output(state.outputs, n.step_id, n.agent_id, n.data, at)
+            return replace(state, metadata=metadata, outputs=outputs)
+        case SetAgentState():
+            agent = AgentState(agent_id=n.agent_id, status=n.status, data=n.data, updated_at=at)
+            return replace(state, metadata=metadata, agents={**state.agents, n.agent_id: agent})
+        case UpdateContext():
+            context = state.context
+            if n.environment is not None:
+                context = replace(context, environment={**context.environment, **n.environment})
+            if n.user_data is not None:
+                context = replace(context, user_data={**context.user_data, **n.user_data})
+            if n.session_id is not None:
+                context = replace(context, session_id=n.session_id)
+            return replace(state, metadata=metadata, context=context)
+        case ReplaceState():
+            new = n.state
+            workflow = replace(new.workflow, progress=compute_progress(new.workflow.steps))
+            return replace(
+                new, metadata=replace(metadata, schema_version=SCHEMA_VERSION), workflow=workflow
+            )
+        case DeleteWorkflow():
+            return None
+    raise AssertionError(f"unhandled mutation {type(n).__name__}")  # pragma: no cover
+
+
+def _set_workflow_status(
+    state: WorkflowState, n: SetWorkflowStatus, metadata: StateMetadata
+) -> WorkflowState:
+    wf = state.workflow
+    performance = state.performance
+    if n.status == "running":
+        start = wf.start_time if wf.start_time is not None else n.at
+        wf = replace(wf, status="running", error=n.error, start_time=start, end_time=None)
+        performance = replace(performance, total_duration=None)
+    elif n.status in ("completed", "failed"):
+        wf = replace(wf, status=n.status, error=n.error, end_time=n.at)
+        total = n.at - wf.start_time if wf.start_time is not None else None
+        performance = replace(performance, total_duration=total)
+    else:
+        wf = replace(wf, status=n.status, error=n.error)
+    return replace(state, metadata=metadata, workflow=wf, performance=performance)
+
+
+def _set_step_status(
+    state: WorkflowState, n: SetStepStatus, metadata: StateMetadata
+) -> WorkflowState:
+    wf = state.workflow
+    performance = state.performance
+    index = step_index(wf.steps)[n.step_id]
+    step = wf.steps[index]
+    if n.status == "running":
+        new_step = replace(
+            step,
+            status="running",
+            attempts=step.attempts + 1,
+            started_at=n.at,
+            ended_at=None,
+            error=n.error,
+        )
+        if step.attempts > 0:
+            performance = replace(performance, retries=performance.retries + 1)
+    elif n.status == "pending":
+        new_step = replace(step, status="pending", started_at=None, ended_at=None, error=n.error)
+    else:
+        new_step = replace(step, status=n.status, ended_at=n.at, error=n.error)
+        if n.status in ("completed", "failed") and step.started_at is not None:
+            durations = {**performance.step_durations, n.step_id: n.at - step.started_at}
+            performance = replace(performance, step_durations=durations)
+    steps = (*wf.steps[:index], new_step, *wf.steps[index + 1 :])
+    current = wf.current_step
+    if n.status == "running":
+        current = n.step_id
+    elif current == n.step_id:
+        current = _latest_running(steps)
+    wf = replace(wf, steps=steps, current_step=current, progress=compute_progress(steps))
+    outputs = state.outputs
+    if n.output is not None:
+        outputs = _append_output(outputs, n.step_id, step.agent_id, n.output, n.at)
+    return replace(state, metadata=metadata, workflow=wf, performance=performance, outputs=outputs)
+
+
+def _latest_running(steps: Sequence[WorkflowStep]) -> str | None:
+    """The running step with the latest ``started_at`` (last in order on a tie), or None."""
+    best: WorkflowStep | None = None
+    for step in steps:
+        if step.status != "running":
+            continue
+        if best is None or (step.started_at or 0.0) >= (best.started_at or 0.0):
+            best = step
+    return best.id if best is not None else None
+
+
+def _append_output(
+    outputs: dict[str, tuple[StepOutput, ...]],
+    step_id: str,
+    agent_id: str | None,
+    data: JSONValue,
+    at: float,
+) -> dict[str, tuple[StepOutput, ...]]:
+    versions = outputs.get(step_id, ())
+    version = versions[-1].version + 1 if versions else 1
+    output = StepOutput(
+        step_id=step_id, version=version, agent_id=agent_id, data=data, created_at=at
+    )
+    return {**outputs, step_id: (*versions, output)}
