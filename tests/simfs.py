@@ -592,6 +592,20 @@ class SimFileSystem:
                 raise IsADirectoryError(_errno.EISDIR, os.strerror(_errno.EISDIR), path)
             return bytes(self._disk.files[inode])
 
+    def lock(self, path: str) -> object:
+        """An in-memory exclusive lock (no file is created: locks leave nothing on disk)."""
+        key = os.path.normpath(path)
+        with self._lock:
+            held: set[str] = self.__dict__.setdefault("_held_locks", set())
+            if key in held:
+                raise BlockingIOError(f"{key} is locked")
+            held.add(key)
+        return key
+
+    def unlock(self, handle: object) -> None:
+        with self._lock:
+            self.__dict__.setdefault("_held_locks", set()).discard(handle)
+
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         return self.read_file(path)[offset : offset + size]
 

@@ -13,9 +13,12 @@ Crash reasoning for callers: bytes written to a file survive a crash only once :
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 from typing import Protocol
+
+import portalocker
 
 
 class FileSystem(Protocol):
@@ -76,6 +79,13 @@ class FileSystem(Protocol):
     def fsync_dir(self, path: str) -> None:
         """Make the entries of directory ``path`` (creates, renames, unlinks) durable."""
         ...
+
+    def lock(self, path: str) -> object:
+        """Take an exclusive lock on the lock file ``path`` (created if missing) without
+        waiting; ``BlockingIOError`` if another holder has it. Returns a handle for unlock."""
+        ...
+
+    def unlock(self, handle: object) -> None: ...
 
 
 class OsFileSystem:
@@ -160,6 +170,32 @@ class OsFileSystem:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def lock(self, path: str) -> object:
+        # Lock, then check that the file locked is still the one at the path: a holder that
+        # removed or replaced the lock file between our open and our lock would otherwise
+        # leave two processes each holding "the" lock.
+        while True:
+            handle = open(path, "a+b")  # noqa: SIM115 - held until unlock
+            try:
+                portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
+            except portalocker.LockException as exc:
+                handle.close()
+                raise BlockingIOError(f"{path} is locked by another process") from exc
+            try:
+                same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return handle
+            portalocker.unlock(handle)
+            handle.close()
+
+    def unlock(self, handle: object) -> None:
+        if not isinstance(handle, io.BufferedRandom):
+            raise TypeError("not a lock handle of this file system")
+        portalocker.unlock(handle)
+        handle.close()
 
 
 OS_FS: OsFileSystem = OsFileSystem()

@@ -208,7 +208,19 @@ class Log:
         1 byte to ``max_record_size``; ``record_type`` is 1..255 (docs/format.md §5). Bad input
         raises ``ValidationError`` and nothing is written. A failed write or sync raises
         ``StorePoisonedError``: the record is not acknowledged, and may or may not be found
-        after reopening.
+        after reopening. Equivalent to :meth:`enqueue` then :meth:`wait`.
+        """
+        lsn = self.enqueue(payload, record_type=record_type)
+        self.wait(lsn)
+        return lsn
+
+    def enqueue(self, payload: bytes, *, record_type: int = RECORD_DATA) -> int:
+        """Give the record its LSN and queue it, without waiting for durability.
+
+        Callers that must order something with the LSN (a store applying the record to its
+        in-memory state under its own lock) call this under their lock and :meth:`wait`
+        outside it, so commits of many threads still share one sync. Under ``interval`` and
+        ``none`` the record is written before this returns. Validation as in :meth:`append`.
         """
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise ValidationError("payload", f"must be bytes, not {type(payload).__name__}")
@@ -227,14 +239,24 @@ class Log:
             self._pending.append((lsn, record_type, codec, size, body))
             if self._durability != "always":
                 self._write_pending(sync=False)
-                return lsn
+            return lsn
+
+    def wait(self, lsn: int) -> None:
+        """Return once record ``lsn`` is acknowledged under the durability level.
+
+        Under ``always``: once it is covered by a completed fdatasync, this thread leading the
+        group commit if no flush is running. Under ``interval``/``none``: at once (the record
+        was written by :meth:`enqueue`). ``StorePoisonedError`` if the log stopped before.
+        """
+        if self._durability != "always":
+            return
+        with self._cond:
             while self._durable_lsn < lsn:
                 self._check_usable()
                 if self._flushing:
                     self._cond.wait()
                 else:
                     self._lead_flush()
-            return lsn
 
     def _check_usable(self) -> None:
         if self._poison is not None:
