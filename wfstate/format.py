@@ -40,6 +40,7 @@ KNOWN_FLAGS: Final = FLAG_AFTER_SYNC
 
 # -- record types (docs/format.md §5) ---------------------------------------------------------
 RECORD_DATA: Final = 1
+RECORD_BATCH: Final = 2
 
 # -- names (docs/format.md §1, §2) ------------------------------------------------------------
 WAL_DIR: Final = "wal"

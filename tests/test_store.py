@@ -1,0 +1,226 @@
+"""The Store contract (wfstate/store.py), checked on every backend alike."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.fsdoubles import RecordingFS
+from wfstate.backends.local import LocalStore
+from wfstate.backends.memory import MemoryStore
+from wfstate.errors import ClosedError, LockTimeoutError, NotFoundError, ValidationError
+from wfstate.model import JSONValue, WorkflowStep
+from wfstate.mutations import (
+    CreateWorkflow,
+    Mutation,
+    PutStepOutput,
+    SetStepStatus,
+    SetWorkflowStatus,
+)
+from wfstate.store import Store
+
+Opener = Callable[[], Store]
+
+
+def ticking_clock(start: float = 1_700_000_000.0) -> Callable[[], float]:
+    counter = itertools.count()
+    return lambda: start + next(counter)
+
+
+@pytest.fixture(params=["memory", "local"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    opened: list[Store] = []
+    clock = ticking_clock()
+
+    def opener() -> Store:
+        store: Store
+        if request.param == "memory":
+            store = opened[0] if opened else MemoryStore(clock=clock)
+        else:
+            store = LocalStore.open(str(tmp_path / "store"), clock=clock)
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
+def create(workflow_id: str, steps: int = 2) -> CreateWorkflow:
+    return CreateWorkflow(
+        workflow_id=workflow_id,
+        name=f"workflow {workflow_id}",
+        steps=tuple(WorkflowStep(id=f"s{i}", name=f"step {i}") for i in range(steps)),
+        at=0,
+    )
+
+
+def run_step(workflow_id: str, step_id: str, output: JSONValue) -> list[Mutation]:
+    return [
+        SetStepStatus(workflow_id=workflow_id, step_id=step_id, status="running", at=0),
+        SetStepStatus(
+            workflow_id=workflow_id, step_id=step_id, status="completed", output=output, at=0
+        ),
+    ]
+
+
+def test_commit_applies_a_batch_and_stamps_lsn_and_time(open_store: Opener) -> None:
+    store = open_store()
+    lsn1 = store.commit([create("w1")])
+    lsn2 = store.commit(
+        [
+            SetWorkflowStatus(workflow_id="w1", status="running", at=123),
+            *run_step("w1", "s0", {"answer": 42}),
+        ]
+    )
+    assert lsn2 > lsn1
+    state = store.load("w1")
+    assert state.workflow.status == "running"
+    assert state.workflow.steps[0].status == "completed"
+    assert state.outputs["s0"][0].data == {"answer": 42}
+    assert state.metadata.last_lsn == lsn2
+    assert state.workflow.progress == 50
+    # the store's clock stamps every mutation; the caller's `at` is ignored
+    assert state.metadata.updated_at > 1_700_000_000
+    assert state.workflow.start_time == state.metadata.updated_at
+
+
+def test_an_invalid_batch_changes_nothing(open_store: Opener) -> None:
+    store = open_store()
+    store.commit([create("w1")])
+    before = store.load("w1")
+    with pytest.raises(ValidationError) as info:
+        store.commit(
+            [
+                SetWorkflowStatus(workflow_id="w1", status="running", at=0),
+                SetStepStatus(workflow_id="w1", step_id="nope", status="running", at=0),
+            ]
+        )
+    assert info.value.field.startswith("mutations[1]")
+    with pytest.raises(NotFoundError):
+        store.commit([SetWorkflowStatus(workflow_id="ghost", status="running", at=0)])
+    with pytest.raises(ValidationError):
+        store.commit([create("bad/id")])
+    with pytest.raises(ValidationError):
+        store.commit([])
+    assert store.load("w1") == before
+    assert store.list_workflows() == ["w1"]
+
+
+def test_batches_are_all_or_nothing_across_workflows(open_store: Opener) -> None:
+    store = open_store()
+    store.commit([create("a"), create("b")])
+    with pytest.raises(ValidationError):
+        store.commit([*run_step("a", "s0", 1), create("b")])
+    assert store.load("a").workflow.steps[0].status == "pending"
+
+
+def test_save_load_list_delete(open_store: Opener) -> None:
+    store = open_store()
+    store.commit([create("w1", steps=3)])
+    store.commit(run_step("w1", "s1", "done"))
+    state = store.load("w1")
+    # save of a new workflow, from another workflow's state
+    moved = msgspec.structs.replace(
+        state, workflow=msgspec.structs.replace(state.workflow, id="w2")
+    )
+    store.save(moved)
+    copy = store.load("w2")
+    assert copy.workflow.steps == state.workflow.steps
+    assert copy.outputs == state.outputs
+    assert store.list_workflows() == ["w1", "w2"]
+    store.save(store.load("w1"))  # saving an existing one replaces it
+    assert store.load("w1").metadata.version == state.metadata.version + 1
+    store.delete("w1")
+    assert store.list_workflows() == ["w2"]
+    with pytest.raises(NotFoundError):
+        store.load("w1")
+    with pytest.raises(NotFoundError):
+        store.delete("w1")
+    with pytest.raises(ValidationError) as info:
+        store.load("../etc")
+    assert info.value.field == "workflow_id"
+
+
+def test_threads_commit_concurrently_without_losing_anything(open_store: Opener) -> None:
+    store = open_store()
+    threads, per_thread = 6, 15
+    store.commit([create(f"w{k}", steps=per_thread) for k in range(threads)])
+
+    def worker(k: int) -> None:
+        for i in range(per_thread):
+            store.commit(run_step(f"w{k}", f"s{i}", {"k": k, "i": i}))
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    for k in range(threads):
+        state = store.load(f"w{k}")
+        assert state.workflow.progress == 100
+        assert [state.outputs[f"s{i}"][0].data for i in range(per_thread)] == [
+            {"k": k, "i": i} for i in range(per_thread)
+        ]
+        assert state.metadata.version == 1 + 2 * per_thread
+
+
+def test_closed_store_refuses_work(open_store: Opener) -> None:
+    store = open_store()
+    store.close()
+    with pytest.raises(ClosedError):
+        store.commit([create("w1")])
+
+
+# -- the local backend only -------------------------------------------------------------------
+def test_local_store_reopens_to_the_same_states(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    with LocalStore.open(path) as store:
+        store.commit([create("w1"), create("w2")])
+        store.commit(run_step("w1", "s0", [1, 2, 3]))
+        store.commit([PutStepOutput(workflow_id="w2", step_id="s1", data="draft", at=0)])
+        store.delete("w2")
+        expected = {w: store.load(w) for w in store.list_workflows()}
+    with LocalStore.open(path) as store:
+        assert {w: store.load(w) for w in store.list_workflows()} == expected
+
+
+def test_a_second_opener_is_refused_while_the_store_is_open(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    with LocalStore.open(path):
+        with pytest.raises(LockTimeoutError) as info:
+            LocalStore.open(path)
+        assert info.value.retryable
+    LocalStore.open(path).close()  # released on close
+
+
+def test_local_commits_of_many_threads_share_syncs(tmp_path: Path) -> None:
+    fs = RecordingFS(sync_delay=0.003)
+    with LocalStore.open(str(tmp_path / "store"), fs=fs) as store:
+        store.commit([create(f"w{k}", steps=10) for k in range(8)])
+        before = fs.count("fdatasync")
+
+        def worker(k: int) -> None:
+            for i in range(10):
+                store.commit(run_step(f"w{k}", f"s{i}", i))
+
+        pool = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        assert fs.count("fdatasync") - before < 80
+
+
+def test_oversized_batch_is_refused_naming_the_input(tmp_path: Path) -> None:
+    with LocalStore.open(str(tmp_path / "store"), max_record_size=2000) as store:
+        store.commit([create("w1")])
+        with pytest.raises(ValidationError) as info:
+            store.commit([PutStepOutput(workflow_id="w1", step_id="s0", data="x" * 5000, at=0)])
+        assert info.value.field == "mutations"
+        assert "s0" not in store.load("w1").outputs

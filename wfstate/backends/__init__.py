@@ -1,0 +1,1 @@
+"""Storage backends: each implements :class:`wfstate.store.Store`."""
