@@ -1,16 +1,20 @@
 """The materialized states of a store and the one way they change: a validated, stamped batch.
 
 Shared by every backend, so that they all validate, stamp and apply identically (the
-conformance tests rely on it). Not thread-safe: backends call it under their own lock.
+conformance tests rely on it). :class:`StateTable` is not thread-safe; :class:`TableStore`
+wraps it with the lock, the commit sequence and the read side of the Store contract, leaving a
+backend only how a batch is logged and when it is durable.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import msgspec
 
-from wfstate.errors import NotFoundError, ValidationError
+from wfstate.errors import ClosedError, NotFoundError, ValidationError
+from wfstate.ids import validate_id
 from wfstate.model import WorkflowState
 from wfstate.mutations import (
     CreateWorkflow,
@@ -99,3 +103,78 @@ def _stamp(m: Mutation, now: float, index: int) -> Mutation:
     if not isinstance(m, msgspec.Struct) or not hasattr(m, "at"):
         raise ValidationError(f"mutations[{index}]", f"is not a mutation: {type(m).__name__}")
     return msgspec.structs.replace(m, at=now)
+
+
+class TableStore:
+    """The Store contract over a :class:`StateTable`; backends supply two hooks.
+
+    ``_log_batch(stamped)`` runs under the store's lock, after the batch validated and before
+    its results become visible: it records the batch and returns its LSN (raising leaves
+    nothing changed). ``_wait_durable(lsn)`` runs outside the lock and returns once that LSN
+    is durable under the backend's guarantees; ``load`` calls it too, so no reader sees a state
+    a crash could still take away.
+    """
+
+    def __init__(self, table: StateTable, *, clock: Clock, name: str) -> None:
+        self._table = table
+        self._clock = clock
+        self._name = name
+        self._mutex = threading.Lock()
+        self._closed = False
+
+    def _log_batch(self, stamped: list[Mutation]) -> int:
+        raise NotImplementedError
+
+    def _wait_durable(self, lsn: int) -> None:
+        raise NotImplementedError
+
+    def commit(self, batch: Sequence[Mutation]) -> int:
+        """Apply ``batch`` atomically and durably; return its LSN (wfstate.store.Store)."""
+        return self._commit(lambda _now: batch)
+
+    def save(self, state: WorkflowState) -> int:
+        """Store ``state`` whole, creating the workflow if needed; return the batch's LSN."""
+        return self._commit(lambda now: self._table.save_batch(state, now))
+
+    def delete(self, workflow_id: str) -> int:
+        """Delete ``workflow_id`` (``NotFoundError`` if absent); return the batch's LSN."""
+        validate_id(workflow_id, "workflow_id")
+        return self._commit(lambda now: self._table.delete_batch(workflow_id, now))
+
+    def load(self, workflow_id: str) -> WorkflowState:
+        """The committed, durable state of ``workflow_id``; ``NotFoundError`` if none."""
+        validate_id(workflow_id, "workflow_id")
+        with self._mutex:
+            self._check_open()
+            state = self._table.get(workflow_id)
+        if state is None:
+            raise NotFoundError(f"workflow_id: no workflow {workflow_id!r}")
+        self._wait_durable(state.metadata.last_lsn)
+        return state
+
+    def list_workflows(self) -> list[str]:
+        """Ids of every workflow, sorted."""
+        with self._mutex:
+            self._check_open()
+            return self._table.ids()
+
+    def _commit(self, build: Callable[[float], Sequence[Mutation]]) -> int:
+        with self._mutex:
+            self._check_open()
+            now = self._clock()
+            stamped, results = self._table.prepare(build(now), now)
+            lsn = self._log_batch(stamped)
+            self._table.install(results, lsn)
+        self._wait_durable(lsn)
+        return lsn
+
+    def _mark_closed(self) -> bool:
+        """Mark the store closed; False if it already was."""
+        with self._mutex:
+            was_open = not self._closed
+            self._closed = True
+            return was_open
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"store {self._name} is closed")

@@ -17,12 +17,9 @@ is at the state after the same prefix of batches, which includes every acknowled
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Sequence
 
 from wfstate.errors import (
-    ClosedError,
     CorruptionError,
     LockTimeoutError,
     NotFoundError,
@@ -30,28 +27,23 @@ from wfstate.errors import (
 )
 from wfstate.format import RECORD_BATCH, WAL_DIR
 from wfstate.fs import OS_FS, FileSystem, make_dirs
-from wfstate.ids import validate_id
-from wfstate.model import WorkflowState
 from wfstate.mutations import Mutation, decode_mutations, encode_mutations
-from wfstate.statetable import Clock, StateTable
+from wfstate.statetable import Clock, StateTable, TableStore
 from wfstate.wal import Compression, Durability, Log, RecoveryMode
 from wfstate.wal.log import DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE
 
 LOCK_FILE = "LOCK"
 
 
-class LocalStore:
+class LocalStore(TableStore):
     """A :class:`wfstate.store.Store` in a local directory. Thread-safe. Use :meth:`open`."""
 
     def __init__(self, log: Log, table: StateTable, *, lock: object, fs: FileSystem,
                  clock: Clock, path: str) -> None:  # fmt: skip
+        super().__init__(table, clock=clock, name=path)
         self._log = log
-        self._table = table
         self._lock_handle = lock
         self._fs = fs
-        self._clock = clock
-        self._mutex = threading.Lock()
-        self._closed = False
         self.path = path
 
     @classmethod
@@ -95,37 +87,19 @@ class LocalStore:
             raise
         return cls(log, table, lock=lock, fs=fs, clock=clock, path=path)
 
-    # -- the Store contract ---------------------------------------------------------------------
-    def commit(self, batch: Sequence[Mutation]) -> int:
-        return self._commit(lambda _now: batch)
+    def _log_batch(self, stamped: list[Mutation]) -> int:
+        try:
+            return self._log.enqueue(encode_mutations(stamped), record_type=RECORD_BATCH)
+        except ValidationError as exc:  # too large: name the input, not the log's field
+            raise ValidationError("mutations", exc.message) from exc
 
-    def save(self, state: WorkflowState) -> int:
-        return self._commit(lambda now: self._table.save_batch(state, now))
-
-    def delete(self, workflow_id: str) -> int:
-        validate_id(workflow_id, "workflow_id")
-        return self._commit(lambda now: self._table.delete_batch(workflow_id, now))
-
-    def load(self, workflow_id: str) -> WorkflowState:
-        validate_id(workflow_id, "workflow_id")
-        with self._mutex:
-            self._check_open()
-            state = self._table.get(workflow_id)
-        if state is None:
-            raise NotFoundError(f"workflow_id: no workflow {workflow_id!r}")
-        self._log.wait(state.metadata.last_lsn)
-        return state
-
-    def list_workflows(self) -> list[str]:
-        with self._mutex:
-            self._check_open()
-            return self._table.ids()
+    def _wait_durable(self, lsn: int) -> None:
+        self._log.wait(lsn)
 
     def close(self) -> None:
-        with self._mutex:
-            if self._closed:
-                return
-            self._closed = True
+        """Sync and release the store (the log, then the lock); idempotent."""
+        if not self._mark_closed():
+            return
         try:
             self._log.close()
         finally:
@@ -136,24 +110,6 @@ class LocalStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- internals ------------------------------------------------------------------------------
-    def _commit(self, build: Callable[[float], Sequence[Mutation]]) -> int:
-        with self._mutex:
-            self._check_open()
-            now = self._clock()
-            stamped, results = self._table.prepare(build(now), now)
-            try:
-                lsn = self._log.enqueue(encode_mutations(stamped), record_type=RECORD_BATCH)
-            except ValidationError as exc:  # too large: name the input, not the log's field
-                raise ValidationError("mutations", exc.message) from exc
-            self._table.install(results, lsn)
-        self._log.wait(lsn)
-        return lsn
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"store {self.path} is closed")
 
 
 def _replay(log: Log) -> StateTable:
