@@ -19,6 +19,7 @@ class RecordingFS(OsFileSystem):
 
     def __init__(self, *, sync_delay: float = 0.0) -> None:
         self.ops: list[tuple[str, int]] = []
+        self.whole_reads: list[str] = []  # paths read with read_file
         self._lock = threading.Lock()
         self._sync_delay = sync_delay
 
@@ -29,6 +30,11 @@ class RecordingFS(OsFileSystem):
     def count(self, op: str) -> int:
         with self._lock:
             return sum(1 for name, _ in self.ops if name == op)
+
+    def read_file(self, path: str) -> bytes:
+        with self._lock:
+            self.whole_reads.append(path)
+        return super().read_file(path)
 
     def write(self, fd: int, data: bytes | memoryview) -> None:
         super().write(fd, data)

@@ -331,3 +331,22 @@ def test_open_makes_the_recovered_tail_durable(tmp_path: Path) -> None:
     with Log.open(wal, fs=fs) as log:
         assert ("fsync", 0) in fs.ops
         assert log.durable_lsn == 1
+
+
+def test_open_reads_only_the_last_segment_and_only_once(tmp_path: Path) -> None:
+    wal = str(tmp_path / "wal")
+    with Log.open(wal, segment_size=4096, compression=Compression(codec="none")) as log:
+        for i in range(40):
+            log.append(payload(i, 300))
+    segments = list_segments(OS_FS, wal)
+    assert len(segments) > 2
+    fs = RecordingFS()
+    with Log.open(wal, fs=fs):
+        pass
+    assert fs.whole_reads == [segments[-1].path]
+    with open(segments[-1].path, "ab") as f:  # a torn tail to cut: still one whole read
+        f.write(b"\x01" * 100)
+    fs = RecordingFS()
+    with Log.open(wal, fs=fs) as log:
+        assert [d.kind for d in log.recovery] == ["torn_tail"]
+    assert fs.whole_reads == [segments[-1].path]

@@ -110,7 +110,12 @@ class OsFileSystem:
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return os.pread(fd, size, offset)
+            chunks: list[bytes] = []
+            while size > 0 and (chunk := os.pread(fd, size, offset)):
+                chunks.append(chunk)
+                offset += len(chunk)
+                size -= len(chunk)
+            return b"".join(chunks)
         finally:
             os.close(fd)
 
@@ -205,11 +210,6 @@ def temp_name(path: str) -> str:
     """A unique temp file name beside ``path`` (same directory, so a rename is atomic)."""
     head, tail = os.path.split(path)
     return os.path.join(head, f".{tail}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether a directory entry name is one of :func:`temp_name`'s (left by a crash)."""
-    return name.startswith(".") and name.endswith(".tmp")
 
 
 def atomic_write(fs: FileSystem, path: str, data: bytes) -> None:

@@ -31,6 +31,7 @@ from wfstate.format import (
     MAX_PAYLOAD,
     RECORD_DATA,
     RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
     SegmentHeader,
     frame_record,
     pad8,
@@ -293,31 +294,21 @@ class Log:
         self._cond.notify_all()
 
     def _write_pending(self, *, sync: bool) -> None:
-        """Write the queued records now (lock held): the ``interval``/``none`` path and sync."""
-        batch = self._pending
-        if not batch:
-            if sync and self._durable_lsn < self._written_lsn:
-                self._sync_now()
-            return
-        self._pending = []
+        """Write the queued records now, and sync if asked (lock held): the
+        ``interval``/``none`` path, ``sync()`` and ``close()``. A failure poisons the log."""
+        batch, self._pending = self._pending, []
         try:
-            self._write(batch, sync=sync)
+            if batch:
+                self._write(batch, sync=sync)
+                self._written_lsn = batch[-1][0]
+            elif sync and self._durable_lsn < self._written_lsn:
+                self._fs.fdatasync(self._fd)
         except BaseException as exc:
             self._poison = exc
-            self._check_usable()
+            self._check_usable()  # raises StorePoisonedError, chained to exc
             raise
-        self._written_lsn = batch[-1][0]
         if sync:
             self._durable_lsn = self._written_lsn
-
-    def _sync_now(self) -> None:
-        try:
-            self._fs.fdatasync(self._fd)
-        except BaseException as exc:
-            self._poison = exc
-            self._check_usable()
-            raise
-        self._durable_lsn = self._written_lsn
 
     def _write(self, batch: list[_Queued], *, sync: bool) -> None:
         """Frame ``batch``, rotate first if the segment is full, write it in one call, sync.
@@ -361,7 +352,7 @@ class Log:
         header = SegmentHeader(self.epoch, self._segment.seq + 1, first_lsn, self._seed)
         self._segment, self._fd = create_segment(self._fs, self._dir, header)
         self._fs.close(old_fd)
-        self._segment_bytes = self._fs.file_size(self._segment.path)
+        self._segment_bytes = SEGMENT_HEADER_SIZE
         self._segment_records = 0
 
     # -- syncing and closing ------------------------------------------------------------------

@@ -141,8 +141,6 @@ class LogScan:
         self.damage: list[LogDamage] = []
         self.tail: TailPosition | None = None
         self.epoch: int | None = epoch if epoch is not None else store_epoch(fs, self._segments)
-        self.records_read = 0
-        self.bytes_read = 0
 
     def _report(self, damage: LogDamage) -> None:
         self.damage.append(damage)
@@ -204,7 +202,6 @@ class LogScan:
                     return
                 chain = None
             buf = self._fs.read_file(seg.path)
-            self.bytes_read += len(buf)
             try:
                 header = read_segment_header(buf, seg, self.epoch)
             except CorruptionError as exc:
@@ -230,7 +227,6 @@ class LogScan:
                 seed = cur.seed
                 for offset, h in walk(buf, cur):
                     if h.lsn >= self._from_lsn:
-                        self.records_read += 1
                         yield seg, buf, offset, h, seed
                         if self._to_lsn is not None and h.lsn >= self._to_lsn:
                             self.tail = None

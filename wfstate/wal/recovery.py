@@ -42,7 +42,6 @@ class Recovered(NamedTuple):
 
     tail: TailPosition
     damage: list[LogDamage]
-    last_lsn: int
 
 
 def create_segment(fs: FileSystem, wal_dir: str, header: SegmentHeader) -> tuple[SegmentFile, int]:
@@ -101,10 +100,10 @@ def recover(
         # Only the last segment can be a torn creation: every earlier one had its header
         # synced before its successor was created.
         last = segments[-1]
-        buf = fs.read_file(last.path)
         try:
-            read_segment_header(buf, last, None)
+            read_segment_header(fs.read_range(last.path, 0, SEGMENT_HEADER_SIZE), last, None)
         except CorruptionError as exc:
+            buf = fs.read_file(last.path)
             if header_is_torn_creation(buf):
                 if mode == "absolute":
                     raise TornWriteError(
@@ -149,9 +148,9 @@ def recover(
         seg, fd = create_segment(fs, wal_dir, header)
         fs.close(fd)
         tail = TailPosition(seg, SEGMENT_HEADER_SIZE, header.prev_checksum, 1, chosen)
-        return Recovered(tail, damage, 0)
+        return Recovered(tail, damage)
     cut_tail(fs, tail.segment, tail.offset)
-    return Recovered(tail, damage, tail.next_lsn - 1)
+    return Recovered(tail, damage)
 
 
 def _check_contiguous(segments: list[SegmentFile]) -> None:
@@ -187,10 +186,10 @@ def cut_tail(fs: FileSystem, seg: SegmentFile, offset: int) -> None:
     same bytes were already kept (a crash after the evidence, before the truncation, then
     recovery again), they are not written twice; different bytes get a fresh name.
     """
-    buf = fs.read_file(seg.path)
-    if len(buf) <= offset:
+    size = fs.file_size(seg.path)
+    if size <= offset:
         return
-    cut = buf[offset:]
+    cut = fs.read_range(seg.path, offset, size - offset)
     evidence = os.path.join(os.path.dirname(seg.path), broken_name(seg.name, offset))
     candidate, n = evidence, 0
     while fs.exists(candidate) and fs.read_file(candidate) != cut:
