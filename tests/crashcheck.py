@@ -228,3 +228,29 @@ QUICK_WORKLOADS: dict[str, WorkloadFactory] = {
         "none-sync5", durability="none", appends=60, sync_every=5
     ),
 }
+
+
+class NoDataSyncFS(SimFileSystem):
+    """A broken disk: fdatasync returns without syncing (acknowledges before durability)."""
+
+    def fdatasync(self, fd: int) -> None:
+        pass
+
+
+class NoDirSyncFS(SimFileSystem):
+    """A broken disk: directory fsync returns without syncing (new segments may vanish)."""
+
+    def fsync_dir(self, path: str) -> None:
+        pass
+
+
+BROKEN_VARIANTS: dict[str, Callable[[], SimFileSystem]] = {
+    "fdatasync dropped (acknowledge before the data is durable)": NoDataSyncFS,
+    "directory fsync dropped (new segment entries not durable)": NoDirSyncFS,
+}
+"""Deliberately broken file systems the simulator must catch (proof that it sees bugs)."""
+
+
+def states_showing_the_bug(outcome: Outcome) -> int:
+    """Crash states in which a broken variant lost an acknowledged record or broke recovery."""
+    return len(outcome.acknowledged_lost) + len(outcome.recovery_errors)

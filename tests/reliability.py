@@ -12,20 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from tests.crashcheck import QUICK_WORKLOADS, Outcome, SlowSyncFS, explore, run_workload
-from tests.simfs import SimFileSystem
+from tests.crashcheck import (
+    BROKEN_VARIANTS,
+    QUICK_WORKLOADS,
+    Outcome,
+    SlowSyncFS,
+    explore,
+    run_workload,
+    states_showing_the_bug,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
-
-
-class _NoDataSyncFS(SimFileSystem):
-    def fdatasync(self, fd: int) -> None:
-        pass
-
-
-class _NoDirSyncFS(SimFileSystem):
-    def fsync_dir(self, path: str) -> None:
-        pass
 
 
 HEADER = (
@@ -64,12 +61,9 @@ def main() -> int:
         violations += outcome.violations
         print(rows[-1], file=sys.stderr)
     broken = []
-    for name, fs in [
-        ("fdatasync dropped (acknowledge before the data is durable)", _NoDataSyncFS()),
-        ("directory fsync dropped (new segment entries not durable)", _NoDirSyncFS()),
-    ]:
-        outcome = explore(run_workload(name, appends=40, fs=fs))
-        caught = len(outcome.acknowledged_lost) + len(outcome.recovery_errors)
+    for name, broken_fs in BROKEN_VARIANTS.items():
+        outcome = explore(run_workload(name, appends=40, fs=broken_fs()))
+        caught = states_showing_the_bug(outcome)
         broken.append(
             f"| {name} | {outcome.total_states} | {caught} | {'yes' if caught else '**no**'} |"
         )

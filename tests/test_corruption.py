@@ -505,10 +505,7 @@ def test_point_in_time_ends_the_log_at_corruption_and_quarantines_later_segments
     tmp_path: Path,
 ) -> None:
     wal = tmp_path / "wal"
-    payloads = [noise(700, i) for i in range(13)]
-    write_log(wal, payloads)
-    segs = segment_paths(wal)
-    assert len(segs) == 3
+    payloads, segs = three_segments(wal)
     later = {os.path.basename(s): read_bytes(s) for s in segs[1:]}
     spans = spans_of(segs[0])
     target = spans[2]  # LSN 3 of segment 1

@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 
 from tests.crashcheck import (
+    BROKEN_VARIANTS,
     QUICK_WORKLOADS,
     SlowSyncFS,
     WorkloadFactory,
     explore,
     run_workload,
+    states_showing_the_bug,
 )
-from tests.simfs import Fsync, SimFileSystem, Write
+from tests.simfs import Fsync, Write
 
 
 @pytest.mark.parametrize("name", sorted(QUICK_WORKLOADS))
@@ -42,23 +44,14 @@ def test_the_group_commit_workload_really_groups() -> None:
     assert syncs < 32 + 10
 
 
-class _NoDataSyncFS(SimFileSystem):
-    """A broken disk driver: fdatasync returns without syncing anything."""
-
-    def fdatasync(self, fd: int) -> None:
-        pass
-
-
-def test_the_simulator_catches_an_acknowledgement_before_fdatasync(
-    crash_report: list[str],
-) -> None:
-    broken = run_workload("always-no-fdatasync", appends=12, fs=_NoDataSyncFS())
-    outcome = explore(broken)
+@pytest.mark.parametrize("variant", sorted(BROKEN_VARIANTS))
+def test_the_simulator_catches_a_broken_variant(variant: str, crash_report: list[str]) -> None:
+    outcome = explore(run_workload(variant, appends=20, fs=BROKEN_VARIANTS[variant]()))
+    caught = states_showing_the_bug(outcome)
     crash_report.append(
-        f"broken variant (fdatasync dropped): {len(outcome.acknowledged_lost)} states lose "
-        f"acknowledged records of {outcome.total_states}"
+        f"broken variant, {variant}: caught in {caught} of {outcome.total_states} states"
     )
-    assert outcome.acknowledged_lost, "dropping fdatasync must lose acknowledged records"
+    assert caught > 0, f"the simulator must see the bug: {variant}"
 
 
 @pytest.mark.slow
