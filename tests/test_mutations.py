@@ -43,6 +43,7 @@ from wfstate.mutations import (
     apply_batch,
     decode_mutations,
     encode_mutations,
+    replay_batch,
     validate,
 )
 
@@ -844,3 +845,21 @@ def test_random_histories_are_deterministic_and_round_trip(history: list[Mutatio
             i + 1 for v in a.outputs.values() for i in range(len(v))
         ]
     assert apply_batch({}, history)[WF] == first[-1]
+    logged = decode_mutations(encode_mutations(history))
+    assert replay_batch({}, logged)[WF] == first[-1]
+    one_by_one: dict[str, WorkflowState | None] = {}
+    for m in logged:
+        one_by_one = {**one_by_one, **replay_batch(one_by_one, [m])}
+    assert one_by_one[WF] == first[-1]
+
+
+def test_replay_refuses_a_logged_batch_that_cannot_apply() -> None:
+    # Replay trusts the log's validation, but a batch naming something that does not exist
+    # cannot be applied at all: it is reported (a store turns it into CorruptionError).
+    state = created(step("a"))
+    with pytest.raises(NotFoundError, match=r"mutations\[0\].workflow_id"):
+        replay_batch({}, [ss("a", "running")])
+    with pytest.raises(ValidationError) as info:
+        replay_batch({WF: state}, [ss("a", "running"), ss("nope", "running")])
+    assert info.value.field == "mutations[1].step_id"
+    assert replay_batch({WF: state}, [DeleteWorkflow(workflow_id=WF, at=1)]) == {WF: None}

@@ -13,7 +13,14 @@ import pytest
 from tests.fsdoubles import RecordingFS
 from wfstate.backends.local import LocalStore
 from wfstate.backends.memory import MemoryStore
-from wfstate.errors import ClosedError, LockTimeoutError, NotFoundError, ValidationError
+from wfstate.errors import (
+    ClosedError,
+    CorruptionError,
+    LockTimeoutError,
+    NotFoundError,
+    ValidationError,
+)
+from wfstate.format import RECORD_BATCH, WAL_DIR
 from wfstate.model import JSONValue, WorkflowStep
 from wfstate.mutations import (
     CreateWorkflow,
@@ -21,8 +28,10 @@ from wfstate.mutations import (
     PutStepOutput,
     SetStepStatus,
     SetWorkflowStatus,
+    encode_mutations,
 )
 from wfstate.store import Store
+from wfstate.wal import Log
 
 Opener = Callable[[], Store]
 
@@ -224,3 +233,15 @@ def test_oversized_batch_is_refused_naming_the_input(tmp_path: Path) -> None:
             store.commit([PutStepOutput(workflow_id="w1", step_id="s0", data="x" * 5000, at=0)])
         assert info.value.field == "mutations"
         assert "s0" not in store.load("w1").outputs
+
+
+def test_a_logged_batch_that_cannot_apply_is_reported_as_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with Log.open(str(path / WAL_DIR)) as log:
+        log.append(encode_mutations([create("w1")]), record_type=RECORD_BATCH)
+        bad = encode_mutations(
+            [SetStepStatus(workflow_id="w2", step_id="s0", status="running", at=0)]
+        )
+        lsn = log.append(bad, record_type=RECORD_BATCH)
+    with pytest.raises(CorruptionError, match=f"batch at LSN {lsn} does not apply"):
+        LocalStore.open(str(path))

@@ -288,6 +288,29 @@ def apply_batch(
     return result
 
 
+def replay_batch(
+    states: Mapping[str, WorkflowState | None], batch: Sequence[Mutation]
+) -> dict[str, WorkflowState | None]:
+    """Apply a batch read back from the log, as :func:`apply_batch` but without validating.
+
+    A logged batch was validated against exactly these states when it was committed, and its
+    bytes are checksummed, so checking it again would only cost time (it is most of the cost of
+    opening a store). What cannot be applied at all (a workflow that is absent, a step that does
+    not exist) raises ``NotFoundError``/``ValidationError``, which a store reports as corruption.
+    """
+    result: dict[str, WorkflowState | None] = {}
+    for i, m in enumerate(batch):
+        workflow_id = m.workflow_id
+        prior = result[workflow_id] if workflow_id in result else states.get(workflow_id)
+        if prior is None and not isinstance(m, CreateWorkflow):
+            raise NotFoundError(f"mutations[{i}].workflow_id: no workflow {workflow_id!r}")
+        try:
+            result[workflow_id] = _apply_checked(prior, m)
+        except KeyError as exc:
+            raise ValidationError(f"mutations[{i}].step_id", f"unknown step {exc}") from exc
+    return result
+
+
 def _check_type(m: object, field: str) -> None:
     if type(m) not in _DECODERS:
         raise ValidationError(field, f"must be a mutation, not {type(m).__name__}")

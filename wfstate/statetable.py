@@ -22,6 +22,7 @@ from wfstate.mutations import (
     Mutation,
     ReplaceState,
     apply_batch,
+    replay_batch,
 )
 
 Clock = Callable[[], float]
@@ -64,8 +65,8 @@ class StateTable:
                 self._states[workflow_id] = msgspec.structs.replace(state, metadata=metadata)
 
     def replay(self, batch: Sequence[Mutation], lsn: int) -> None:
-        """Apply a batch read back from the log (already stamped) at ``lsn``."""
-        self.install(apply_batch(self._states, batch), lsn)
+        """Apply a batch read back from the log (already stamped and validated) at ``lsn``."""
+        self.install(replay_batch(self._states, batch), lsn)
 
     def save_batch(self, state: WorkflowState, now: float) -> list[Mutation]:
         """The batch that stores ``state`` whole: replace it, creating the workflow first if
