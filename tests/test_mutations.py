@@ -665,7 +665,7 @@ def test_every_mutation_type_has_a_snake_case_tag() -> None:
 def test_every_mutation_type_round_trips(m: Mutation) -> None:
     data = encode_mutations([m])
     assert decode_mutations(data) == [m]
-    assert msgspec.msgpack.decode(data)[0]["op"] == msgspec.inspect.type_info(type(m)).tag  # type: ignore[attr-defined]
+    assert msgspec.msgpack.decode(data)["m"][0]["op"] == msgspec.inspect.type_info(type(m)).tag  # type: ignore[attr-defined]
 
 
 def test_encoding_is_independent_of_dict_insertion_order() -> None:
@@ -679,19 +679,32 @@ def test_a_batch_round_trips_and_an_empty_batch_is_an_empty_list() -> None:
     assert decode_mutations(encode_mutations([])) == []
 
 
+def batch_document(body: object, v: object = SCHEMA_VERSION) -> bytes:
+    return msgspec.msgpack.encode({"v": v, "m": body})
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"",
         b"\xc1",
         b"\x01",
-        msgspec.msgpack.encode([{"op": "explode", "workflow_id": WF, "at": 1.0}]),
-        msgspec.msgpack.encode([{"op": "delete_workflow", "at": 1.0}]),
-        msgspec.msgpack.encode(
+        batch_document([{"op": "explode", "workflow_id": WF, "at": 1.0}]),
+        batch_document([{"op": "delete_workflow", "at": 1.0}]),
+        batch_document(
             [{"op": "set_workflow_status", "workflow_id": WF, "at": 1.0, "status": "sleeping"}]
         ),
-        msgspec.msgpack.encode([{"workflow_id": WF, "at": 1.0}]),
+        batch_document([{"workflow_id": WF, "at": 1.0}]),
+        batch_document({"not": "an array"}),
         encode_mutations(SAMPLES)[:-5],
+        # the envelope of docs/format.md §5.1 is missing or broken
+        msgspec.msgpack.encode([{"op": "delete_workflow", "workflow_id": WF, "at": 1.0}]),
+        msgspec.msgpack.encode({"m": []}),
+        msgspec.msgpack.encode({"v": SCHEMA_VERSION}),
+        batch_document([], v="1"),
+        batch_document([], v=True),
+        batch_document([], v=-1),
+        batch_document([], v=1.0),
     ],
 )
 def test_decoding_garbage_raises_validation_error(data: bytes) -> None:
@@ -702,7 +715,7 @@ def test_decoding_garbage_raises_validation_error(data: bytes) -> None:
 
 def test_decoding_names_msgspecs_path() -> None:
     raw = msgspec.msgpack.decode(encode_mutations(SAMPLES))
-    raw[2]["step_id"] = 5
+    raw["m"][2]["step_id"] = 5
     with pytest.raises(ValidationError) as info:
         decode_mutations(msgspec.msgpack.encode(raw))
     assert "$[2].step_id" in info.value.message

@@ -10,6 +10,7 @@ from wfstate.errors import (
     FormatVersionError,
     LockTimeoutError,
     NotFoundError,
+    SchemaVersionError,
     StaleOwnerError,
     StorePoisonedError,
     TornWriteError,
@@ -18,6 +19,8 @@ from wfstate.errors import (
     WfstateError,
 )
 from wfstate.format import FORMAT_VERSION
+from wfstate.model import SCHEMA_VERSION
+from wfstate.schema import SchemaUpgrades
 from wfstate.wal import (
     Compression,
     Durability,
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "SCHEMA_VERSION",
     "BackendError",
     "ClosedError",
     "Compression",
@@ -43,6 +47,8 @@ __all__ = [
     "NotFoundError",
     "Record",
     "RecoveryMode",
+    "SchemaUpgrades",
+    "SchemaVersionError",
     "StaleOwnerError",
     "StorePoisonedError",
     "TornWriteError",

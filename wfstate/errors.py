@@ -49,6 +49,35 @@ class FormatVersionError(WfstateError):
         self.supported = supported
 
 
+class SchemaVersionError(WfstateError):
+    """A stored document's schema version is one this code cannot read; never misread.
+
+    Either newer than the newest version this code reads (``found > supported``: written by a
+    newer wfstate), or older than the oldest version its upgrade chain starts from
+    (``found < oldest``: no upgrade is registered for it). ``field`` names the document.
+    Not a :class:`ValidationError`: the stored bytes are intact, this code is too old (or
+    lacks an upgrade) to read them.
+    """
+
+    def __init__(self, field: str, found: int, *, supported: int, oldest: int) -> None:
+        if found > supported:
+            detail = (
+                f"schema version {found} is newer than the newest supported version "
+                f"{supported} (written by a newer wfstate)"
+            )
+        else:
+            detail = (
+                f"schema version {found} is older than the oldest supported version {oldest}: "
+                f"no upgrade from version {found} is registered (this code reads versions "
+                f"{oldest} to {supported})"
+            )
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.found = found
+        self.supported = supported
+        self.oldest = oldest
+
+
 class StorePoisonedError(WfstateError):
     """A write or fsync failed; the store acknowledges nothing more until it is reopened.
 

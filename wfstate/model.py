@@ -26,10 +26,12 @@ Schema evolution (the rules every change to this module follows)
        ``default_factory`` building a Struct is always written (and would change checksums).
     2. Never change a field's type, range or meaning, and never reuse a removed field's name.
     3. Removing or renaming a field, or changing a type, range or meaning, bumps
-       :data:`SCHEMA_VERSION` and comes with an upgrade function from the previous version.
-       The upgrade registry belongs to the store engine; :func:`decode_state` reads only
-       states of the current :data:`SCHEMA_VERSION` (older ones are upgraded first, newer ones
-       are rejected, never misread).
+       :data:`SCHEMA_VERSION` and comes with an upgrade function from the previous version,
+       registered in :mod:`wfstate.schema` (its docstring has the contract and the checklist).
+       Stored documents carry their schema version (a batch document: docs/format.md §5.1)
+       and are upgraded when read; :func:`decode_state` reads only states of the current
+       :data:`SCHEMA_VERSION` (older ones are upgraded first, newer ones are rejected, never
+       misread).
     4. ``StateMetadata.schema_version`` has no default, so it is always written (a default
        would be omitted from the bytes and read back as whatever the default is then).
 

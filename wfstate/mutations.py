@@ -1,7 +1,8 @@
 """Mutations of workflow state: a tagged union of frozen Structs and a pure ``apply``.
 
 Every change to a workflow is one of the mutations below, written to the log as MessagePack
-(a batch is an array; each mutation a map whose ``op`` field names its type) and then applied.
+(a batch is a versioned document holding an array; each mutation a map whose ``op`` field names
+its type; docs/format.md §5.1) and then applied.
 Each carries the ``workflow_id`` it changes and ``at``, the time the store stamped on it at
 commit, so :func:`apply` reads no clock and replaying the log rebuilds exactly the states that
 were served. The schema-evolution rules of :mod:`wfstate.model` apply to these Structs too.
@@ -60,7 +61,7 @@ The ``error`` of a status change replaces the recorded error (None clears it).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 from msgspec.structs import replace
@@ -87,6 +88,7 @@ from wfstate.model import (
     validate_steps,
     validate_time,
 )
+from wfstate.schema import BATCH_UPGRADES, SchemaUpgrades
 
 STEP_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
     "pending": frozenset({"running", "skipped"}),
@@ -180,9 +182,12 @@ class UpdateContext(_Mutation, frozen=True, kw_only=True, tag="update_context"):
 class ReplaceState(_Mutation, frozen=True, kw_only=True, tag="replace_state"):
     """Replace the whole state of an existing workflow with ``state``.
 
-    ``state.workflow.id`` must equal ``workflow_id``. ``state.metadata`` is ignored: the new
-    state continues the replaced one's metadata (``created_at``, ``version`` + 1, ...), and its
-    ``progress`` is recomputed from its steps.
+    ``state.workflow.id`` must equal ``workflow_id``. ``state.metadata`` is ignored but for
+    ``schema_version``, which must be :data:`~wfstate.model.SCHEMA_VERSION`: the state is
+    logged inside the batch document and takes its version (docs/format.md §5.1 rule 7), so a
+    state of another version must be upgraded before it is stored. The new state continues the
+    replaced one's metadata (``created_at``, ``version`` + 1, ...), and its ``progress`` is
+    recomputed from its steps.
     """
 
     state: WorkflowState
@@ -215,8 +220,28 @@ MUTATION_TYPES: Final = (
 
 # -- encoding ---------------------------------------------------------------------------------
 
+
+class _BatchDocument(msgspec.Struct, frozen=True, kw_only=True):
+    """The batch document as written: ``v`` (schema version) first, then ``m`` (the body)."""
+
+    v: int
+    m: list[Mutation]
+
+
+class _Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """The part of a batch document fixed across schema versions; ``m`` is left undecoded.
+
+    An absent ``m`` decodes as the empty ``Raw`` (no MessagePack value is zero bytes long), so
+    that a newer version is refused by its ``v`` whatever else its map holds.
+    """
+
+    v: Annotated[int, msgspec.Meta(ge=0)]
+    m: msgspec.Raw = msgspec.Raw()
+
+
 _LOG_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 _PLAIN_ENCODER: Final = msgspec.msgpack.Encoder()
+_ENVELOPE_DECODER: Final = msgspec.msgpack.Decoder(_Envelope)
 _BATCH_DECODER: Final = msgspec.msgpack.Decoder(list[Mutation])
 _DECODERS: Final[dict[type[Any], msgspec.msgpack.Decoder[Any]]] = {
     cls: msgspec.msgpack.Decoder(cls) for cls in MUTATION_TYPES
@@ -224,27 +249,86 @@ _DECODERS: Final[dict[type[Any], msgspec.msgpack.Decoder[Any]]] = {
 
 
 def encode_mutations(batch: Sequence[Mutation]) -> bytes:
-    """The MessagePack bytes of ``batch`` (an array of tagged maps, dict keys sorted).
+    """The batch document of ``batch`` (docs/format.md §5.1), version :data:`SCHEMA_VERSION`.
 
-    Raises ValidationError("mutations", ...) if a mutation holds a value MessagePack cannot
-    carry.
+    A MessagePack map ``{"v": SCHEMA_VERSION, "m": [tagged mutation maps]}``, dict keys in the
+    mutations sorted. Raises ValidationError before producing anything: at
+    ``mutations[i].state.metadata.schema_version`` when a ``ReplaceState`` embeds a state of
+    another schema version (the document would be refused on load), and at ``mutations`` when
+    a mutation holds a value MessagePack cannot carry.
     """
+    mutations = list(batch)
+    _check_embedded_versions(mutations, SCHEMA_VERSION)
     try:
-        return _LOG_ENCODER.encode(list(batch))
+        return _LOG_ENCODER.encode(_BatchDocument(v=SCHEMA_VERSION, m=mutations))
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValidationError("mutations", f"cannot be encoded: {exc}") from exc
 
 
-def decode_mutations(data: bytes) -> list[Mutation]:
-    """The batch encoded in ``data``, every field's type and range checked.
+def decode_mutations(data: bytes, *, upgrades: SchemaUpgrades = BATCH_UPGRADES) -> list[Mutation]:
+    """The batch of the batch document ``data``, upgraded to the current schema and checked.
 
-    Raises ValidationError("mutations", ...) for malformed bytes, an unknown ``op`` or a wrong
-    type; the message carries msgspec's path (e.g. "at `$[2].step_id`").
+    The reading rule of docs/format.md §5.1, in order: the version ``v`` is read first; a
+    version newer than :data:`SCHEMA_VERSION`, or older than ``upgrades.oldest``, raises
+    :class:`~wfstate.errors.SchemaVersionError` naming it and the newest supported version
+    (nothing else of the document is decoded). An older body is decoded to plain data and
+    carried forward by ``upgrades`` (:mod:`wfstate.schema`); then every field's type and range
+    is checked, and every embedded state must name the current schema version.
+
+    ``upgrades`` defaults to the chain wfstate ships; one of its own (tests, or a store opened
+    with a custom chain) must end at :data:`SCHEMA_VERSION`, else ValidationError("upgrades").
+    Malformed bytes, a missing ``m``, an unknown ``op`` or a wrong type raise
+    ValidationError("mutations", ...) with msgspec's path in the body (e.g. "at
+    `$[2].step_id`"); a mismatched embedded state raises it at
+    ``mutations[i].state.metadata.schema_version``. Errors of an upgrade propagate unchanged.
     """
+    if upgrades.current != SCHEMA_VERSION:
+        raise ValidationError(
+            "upgrades",
+            f"the chain ends at schema version {upgrades.current}, but this code reads version "
+            f"{SCHEMA_VERSION}",
+        )
     try:
-        return _BATCH_DECODER.decode(data)
+        envelope = _ENVELOPE_DECODER.decode(data)
     except msgspec.MsgspecError as exc:
-        raise ValidationError("mutations", str(exc)) from exc
+        raise ValidationError("mutations", f"not a batch document: {exc}") from exc
+    version = envelope.v
+    upgrades.check(version, field="mutations")
+    if not envelope.m:
+        raise ValidationError("mutations", "the batch document has no `m`")
+    if version == SCHEMA_VERSION:
+        body: bytes | msgspec.Raw = envelope.m
+        context = ""
+    else:
+        try:
+            old = msgspec.msgpack.decode(envelope.m)
+        except msgspec.MsgspecError as exc:
+            raise ValidationError("mutations", str(exc)) from exc
+        new = upgrades.upgrade(old, version, field="mutations")
+        context = f"after the upgrade from schema version {version}: "
+        try:
+            body = _LOG_ENCODER.encode(new)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValidationError("mutations", f"{context}cannot be encoded: {exc}") from exc
+    try:
+        batch = _BATCH_DECODER.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise ValidationError("mutations", f"{context}{exc}") from exc
+    _check_embedded_versions(batch, SCHEMA_VERSION)
+    return batch
+
+
+def _check_embedded_versions(batch: Sequence[object], version: int) -> None:
+    """Every state a ``ReplaceState`` of ``batch`` embeds must name schema ``version``."""
+    for i, m in enumerate(batch):
+        if not isinstance(m, ReplaceState):
+            continue
+        found = getattr(getattr(m.state, "metadata", None), "schema_version", None)
+        if found != version:
+            raise ValidationError(
+                f"mutations[{i}].state.metadata.schema_version",
+                f"schema version {found!r} is not the batch document's version {version}",
+            )
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -386,6 +470,12 @@ def _check(state: WorkflowState | None, m: Mutation, field: str) -> Mutation:
                 raise ValidationError(
                     f"{field}.state.workflow.id",
                     f"{n.state.workflow.id!r} is not the mutation's workflow {n.workflow_id!r}",
+                )
+            if n.state.metadata.schema_version != SCHEMA_VERSION:
+                raise ValidationError(
+                    f"{field}.state.metadata.schema_version",
+                    f"schema version {n.state.metadata.schema_version} is not the current "
+                    f"version {SCHEMA_VERSION}; upgrade the state first",
                 )
             validate_state(n.state, f"{field}.state")
         case DeleteWorkflow():
