@@ -335,6 +335,21 @@ class _Torn:
     chunks: tuple[tuple[int, bytes], ...]
 
 
+class SimLock:
+    """A lock handle of :class:`SimFS`: one per opener, like an open file description."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _as_sim_lock(handle: object) -> SimLock:
+    if not isinstance(handle, SimLock):
+        raise TypeError("not a lock handle of this file system")
+    return handle
+
+
 def _pieces(offset: int, data: bytes, block: int) -> list[tuple[int, bytes]]:
     """``data`` (to be written at ``offset``) split at multiples of ``block`` of the file offset."""
     out: list[tuple[int, bytes]] = []
@@ -438,6 +453,8 @@ class SimFileSystem:
         self._next_fd = 3
         self._next_inode = max([ROOT_INODE, *disk.files, *disk.dirs]) + 1
         self._faults: list[Fault] = []
+        self._lock_holders: dict[str, SimLock] = {}
+        self._lock_data: dict[str, bytes] = {}
         self._calls: dict[str, int] = {}
 
     @classmethod
@@ -592,19 +609,38 @@ class SimFileSystem:
                 raise IsADirectoryError(_errno.EISDIR, os.strerror(_errno.EISDIR), path)
             return bytes(self._disk.files[inode])
 
-    def lock(self, path: str) -> object:
-        """An in-memory exclusive lock (no file is created: locks leave nothing on disk)."""
-        key = os.path.normpath(path)
+    def open_lock(self, path: str) -> object:
+        """An in-memory lock handle. Lock files are inter-process state of a running machine
+        (format §8): they leave nothing on the simulated disk and a crash forgets them."""
+        return SimLock(os.path.normpath(path))
+
+    def try_lock(self, handle: object) -> bool:
+        lock = _as_sim_lock(handle)
         with self._lock:
-            held: set[str] = self.__dict__.setdefault("_held_locks", set())
-            if key in held:
-                raise BlockingIOError(f"{key} is locked")
-            held.add(key)
-        return key
+            holder = self._lock_holders.get(lock.key)
+            if holder is not None and holder is not lock:
+                return False
+            self._lock_holders[lock.key] = lock
+            return True
 
     def unlock(self, handle: object) -> None:
+        lock = _as_sim_lock(handle)
         with self._lock:
-            self.__dict__.setdefault("_held_locks", set()).discard(handle)
+            if self._lock_holders.get(lock.key) is lock:
+                del self._lock_holders[lock.key]
+
+    def close_lock(self, handle: object) -> None:
+        self.unlock(handle)
+
+    def read_lock_data(self, handle: object, size: int) -> bytes:
+        with self._lock:
+            return self._lock_data.get(_as_sim_lock(handle).key, b"")[:size]
+
+    def write_lock_data(self, handle: object, data: bytes) -> None:
+        with self._lock:
+            key = _as_sim_lock(handle).key
+            old = self._lock_data.get(key, b"")
+            self._lock_data[key] = bytes(data) + old[len(data) :]
 
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         return self.read_file(path)[offset : offset + size]

@@ -250,6 +250,9 @@ def test_closed_log_refuses_appends_and_close_is_idempotent(tmp_path: Path) -> N
         ({"mode": "yolo"}, "mode"),
         ({"epoch": 0}, "epoch"),
         ({"compression": "zstd"}, "compression"),
+        ({"lock_timeout": -1}, "lock_timeout"),
+        ({"lock_timeout": float("inf")}, "lock_timeout"),
+        ({"lock_timeout": "1"}, "lock_timeout"),
     ],
 )
 def test_bad_options_are_refused_before_anything_is_created(

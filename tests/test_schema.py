@@ -415,3 +415,30 @@ def test_a_batch_embedding_a_state_of_another_version_is_not_written() -> None:
     result = apply(state, current)
     assert result is not None
     assert result.metadata.schema_version == SCHEMA_VERSION
+
+
+def test_a_store_reads_old_batches_with_the_chain_it_is_opened_with(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    state = a_state()
+    with Log.open(str(path / WAL_DIR)) as log:
+        log.append(v0_document(state), record_type=RECORD_BATCH)
+    with pytest.raises(SchemaVersionError):  # the shipped chain cannot read version 0
+        LocalStore.open(str(path))
+    with LocalStore.open(str(path), upgrades=FROM_V0) as store:
+        loaded = store.load(WF)
+        assert loaded.workflow == state.workflow
+        assert loaded.metadata.schema_version == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(
+    "upgrades",
+    [None, [(0, upgrade_from_v0)], SchemaUpgrades(current=SCHEMA_VERSION + 1)],
+    ids=["none", "not a chain", "ends elsewhere"],
+)
+def test_a_store_refuses_a_bad_chain_before_touching_the_directory(
+    tmp_path: Path, upgrades: Any
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        LocalStore.open(str(tmp_path / "store"), upgrades=upgrades)
+    assert info.value.field == "upgrades"
+    assert not (tmp_path / "store").exists()

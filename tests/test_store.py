@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from wfstate.errors import (
     ValidationError,
 )
 from wfstate.format import RECORD_BATCH, WAL_DIR
+from wfstate.fs import OS_FS
 from wfstate.model import JSONValue, WorkflowStep
 from wfstate.mutations import (
     CreateWorkflow,
@@ -199,13 +201,50 @@ def test_local_store_reopens_to_the_same_states(tmp_path: Path) -> None:
         assert {w: store.load(w) for w in store.list_workflows()} == expected
 
 
-def test_a_second_opener_is_refused_while_the_store_is_open(tmp_path: Path) -> None:
+def test_a_store_is_opened_by_several_handles_and_each_sees_the_others(tmp_path: Path) -> None:
     path = str(tmp_path / "store")
-    with LocalStore.open(path):
-        with pytest.raises(LockTimeoutError) as info:
-            LocalStore.open(path)
-        assert info.value.retryable
-    LocalStore.open(path).close()  # released on close
+    with LocalStore.open(path) as first, LocalStore.open(path) as second:
+        first.commit([create("w1")])
+        assert second.list_workflows() == ["w1"]
+        second.commit(run_step("w1", "s0", "from second"))  # validated on first's batch
+        assert first.load("w1").outputs["s0"][0].data == "from second"
+        assert first.load("w1") == second.load("w1")
+
+
+def test_a_held_writers_lock_times_out_retryably_and_changes_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    with LocalStore.open(path) as store:
+        store.commit([create("w1")])
+        holder = OS_FS.open_lock(str(tmp_path / "store" / "LOCK"))
+        assert OS_FS.try_lock(holder)
+        try:
+            with pytest.raises(LockTimeoutError) as info:
+                LocalStore.open(path, lock_timeout=0.05)
+            assert info.value.retryable
+            assert "lock_timeout" in str(info.value)
+            assert store.load("w1").metadata.version == 1  # readers are not blocked
+        finally:
+            OS_FS.close_lock(holder)
+        store.commit(run_step("w1", "s0", 1))  # released: writing goes on
+    with LocalStore.open(path) as store:
+        assert store.load("w1").metadata.version == 3
+
+
+def test_the_lock_is_taken_on_the_file_at_the_path_not_a_replaced_one(tmp_path: Path) -> None:
+    lock_path = str(tmp_path / "LOCK")
+    a, b = OS_FS.open_lock(lock_path), OS_FS.open_lock(lock_path)
+    try:
+        os.unlink(lock_path)
+        Path(lock_path).touch()  # a new LOCK file: a and b hold the old inode open
+        assert OS_FS.try_lock(a)  # a notices, reopens the path and locks the new file
+        # b can lock the old inode (nobody holds it any more), but must not count that as
+        # holding the lock: it reopens the path and finds the new file locked by a.
+        assert not OS_FS.try_lock(b)
+        OS_FS.unlock(a)
+        assert OS_FS.try_lock(b)
+    finally:
+        OS_FS.close_lock(a)
+        OS_FS.close_lock(b)
 
 
 def test_local_commits_of_many_threads_share_syncs(tmp_path: Path) -> None:

@@ -42,6 +42,31 @@ KNOWN_FLAGS: Final = FLAG_AFTER_SYNC
 RECORD_DATA: Final = 1
 RECORD_BATCH: Final = 2
 
+# -- the durability hint in LOCK (docs/format.md §8.1) -----------------------------------------
+LOCK_FILE: Final = "LOCK"
+HINT_MAGIC: Final = b"WFSHINT1"
+HINT = struct.Struct("<8sQQQ")
+HINT_SIZE: Final = 32
+assert HINT.size == HINT_SIZE
+HINT_CHECKED: Final = 24  # check covers bytes 0..23
+
+
+def pack_hint(epoch: int, durable_lsn: int) -> bytes:
+    """The durability hint saying every record up to ``durable_lsn`` of ``epoch`` is synced."""
+    head = HINT.pack(HINT_MAGIC, epoch, durable_lsn, 0)[:HINT_CHECKED]
+    return head + xxh3(head).to_bytes(8, "little")
+
+
+def unpack_hint(buf: bytes, epoch: int) -> int | None:
+    """The durable LSN a hint names for ``epoch``; None if it is absent, damaged or foreign."""
+    if len(buf) < HINT_SIZE:
+        return None
+    magic, hint_epoch, durable_lsn, check = HINT.unpack_from(buf, 0)
+    if magic != HINT_MAGIC or check != xxh3(buf[:HINT_CHECKED]) or hint_epoch != epoch:
+        return None
+    return int(durable_lsn)
+
+
 # -- names (docs/format.md §1, §2) ------------------------------------------------------------
 WAL_DIR: Final = "wal"
 QUARANTINE_DIR: Final = "quarantine"

@@ -80,12 +80,32 @@ class FileSystem(Protocol):
         """Make the entries of directory ``path`` (creates, renames, unlinks) durable."""
         ...
 
-    def lock(self, path: str) -> object:
-        """Take an exclusive lock on the lock file ``path`` (created if missing) without
-        waiting; ``BlockingIOError`` if another holder has it. Returns a handle for unlock."""
+    def open_lock(self, path: str) -> object:
+        """Open (creating if missing) the lock file ``path``, unlocked; returns its handle."""
         ...
 
-    def unlock(self, handle: object) -> None: ...
+    def try_lock(self, handle: object) -> bool:
+        """Take the exclusive lock of ``handle`` without waiting; False if another holder has
+        it. True only once the file locked is verified to still be the one at its path (a
+        holder that replaced or removed it in between would otherwise leave two processes each
+        holding "the" lock): on a mismatch the handle is reopened at the path and tried again."""
+        ...
+
+    def unlock(self, handle: object) -> None:
+        """Release the lock of ``handle`` (the handle stays open)."""
+        ...
+
+    def close_lock(self, handle: object) -> None:
+        """Close ``handle`` (releasing its lock if held)."""
+        ...
+
+    def read_lock_data(self, handle: object, size: int) -> bytes:
+        """Up to ``size`` bytes from offset 0 of the lock file (never synced; see format §8.1)."""
+        ...
+
+    def write_lock_data(self, handle: object, data: bytes) -> None:
+        """Write ``data`` at offset 0 of the lock file, without syncing it."""
+        ...
 
 
 class OsFileSystem:
@@ -176,31 +196,64 @@ class OsFileSystem:
         finally:
             os.close(fd)
 
-    def lock(self, path: str) -> object:
-        # Lock, then check that the file locked is still the one at the path: a holder that
-        # removed or replaced the lock file between our open and our lock would otherwise
-        # leave two processes each holding "the" lock.
+    def open_lock(self, path: str) -> object:
+        return _LockFile(path, _open_lock_file(path))
+
+    def try_lock(self, handle: object) -> bool:
+        lock = _as_lock_file(handle)
         while True:
-            handle = open(path, "a+b")  # noqa: SIM115 - held until unlock
             try:
-                portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
-            except portalocker.LockException as exc:
-                handle.close()
-                raise BlockingIOError(f"{path} is locked by another process") from exc
+                portalocker.lock(lock.file, portalocker.LOCK_EX | portalocker.LOCK_NB)
+            except portalocker.AlreadyLocked:
+                return False
             try:
-                same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+                st = os.stat(lock.path)
+                held = os.fstat(lock.file.fileno())
+                same = (st.st_ino, st.st_dev) == (held.st_ino, held.st_dev)
             except FileNotFoundError:
                 same = False
             if same:
-                return handle
-            portalocker.unlock(handle)
-            handle.close()
+                return True
+            portalocker.unlock(lock.file)
+            lock.file.close()
+            lock.file = _open_lock_file(lock.path)
 
     def unlock(self, handle: object) -> None:
-        if not isinstance(handle, io.BufferedRandom):
-            raise TypeError("not a lock handle of this file system")
-        portalocker.unlock(handle)
-        handle.close()
+        portalocker.unlock(_as_lock_file(handle).file)
+
+    def close_lock(self, handle: object) -> None:
+        _as_lock_file(handle).file.close()
+
+    def read_lock_data(self, handle: object, size: int) -> bytes:
+        return os.pread(_as_lock_file(handle).file.fileno(), size, 0)
+
+    def write_lock_data(self, handle: object, data: bytes) -> None:
+        fd = _as_lock_file(handle).file.fileno()
+        view = memoryview(data)
+        offset = 0
+        while offset < len(view):
+            offset += os.pwrite(fd, view[offset:], offset)
+
+
+class _LockFile:
+    """A lock file handle of :class:`OsFileSystem`; reopened in place by ``try_lock``."""
+
+    __slots__ = ("file", "path")
+
+    def __init__(self, path: str, file: io.FileIO) -> None:
+        self.path = path
+        self.file = file
+
+
+def _open_lock_file(path: str) -> io.FileIO:
+    # Not O_APPEND: Linux pwrite on an O_APPEND descriptor appends whatever the offset.
+    return io.FileIO(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), "r+")
+
+
+def _as_lock_file(handle: object) -> _LockFile:
+    if not isinstance(handle, _LockFile):
+        raise TypeError("not a lock handle of this file system")
+    return handle
 
 
 OS_FS: OsFileSystem = OsFileSystem()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import msgspec
 
@@ -26,6 +27,7 @@ from wfstate.mutations import (
 )
 
 Clock = Callable[[], float]
+BatchLogger = Callable[[list["Mutation"]], int]
 
 
 class StateTable:
@@ -107,13 +109,16 @@ def _stamp(m: Mutation, now: float, index: int) -> Mutation:
 
 
 class TableStore:
-    """The Store contract over a :class:`StateTable`; backends supply two hooks.
+    """The Store contract over a :class:`StateTable`; backends supply three hooks.
 
-    ``_log_batch(stamped)`` runs under the store's lock, after the batch validated and before
-    its results become visible: it records the batch and returns its LSN (raising leaves
-    nothing changed). ``_wait_durable(lsn)`` runs outside the lock and returns once that LSN
-    is durable under the backend's guarantees; ``load`` calls it too, so no reader sees a state
-    a crash could still take away.
+    ``_writing()`` is entered under the store's lock around validating and logging one batch.
+    It yields the function that records the validated batch and returns its LSN (raising
+    leaves nothing changed). A backend other processes write to takes its writers' lock on
+    entry and first applies their batches to the table, so the batch is validated against the
+    latest state. ``_catch_up()`` runs under the store's lock before every read and applies
+    what other processes committed since. ``_wait_durable(lsn)`` runs outside the lock and
+    returns once that LSN is durable under the backend's guarantees; ``load`` calls it too, so
+    no reader sees a state a crash could still take away.
     """
 
     def __init__(self, table: StateTable, *, clock: Clock, name: str) -> None:
@@ -123,7 +128,10 @@ class TableStore:
         self._mutex = threading.Lock()
         self._closed = False
 
-    def _log_batch(self, stamped: list[Mutation]) -> int:
+    def _writing(self) -> AbstractContextManager[BatchLogger]:
+        raise NotImplementedError
+
+    def _catch_up(self) -> None:
         raise NotImplementedError
 
     def _wait_durable(self, lsn: int) -> None:
@@ -147,6 +155,7 @@ class TableStore:
         validate_id(workflow_id, "workflow_id")
         with self._mutex:
             self._check_open()
+            self._catch_up()
             state = self._table.get(workflow_id)
         if state is None:
             raise NotFoundError(f"workflow_id: no workflow {workflow_id!r}")
@@ -157,15 +166,17 @@ class TableStore:
         """Ids of every workflow, sorted."""
         with self._mutex:
             self._check_open()
+            self._catch_up()
             return self._table.ids()
 
     def _commit(self, build: Callable[[float], Sequence[Mutation]]) -> int:
         with self._mutex:
             self._check_open()
-            now = self._clock()
-            stamped, results = self._table.prepare(build(now), now)
-            lsn = self._log_batch(stamped)
-            self._table.install(results, lsn)
+            with self._writing() as log_batch:
+                now = self._clock()
+                stamped, results = self._table.prepare(build(now), now)
+                lsn = log_batch(stamped)
+                self._table.install(results, lsn)
         self._wait_durable(lsn)
         return lsn
 

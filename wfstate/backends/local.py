@@ -1,49 +1,53 @@
 """The embedded default: a store in a local directory, every batch a record of its log.
 
-Layout (docs/format.md §1): ``<store>/LOCK`` (held while open) and ``<store>/wal/``.
+Layout (docs/format.md §1): ``<store>/LOCK`` (the writers' lock) and ``<store>/wal/``.
 
-Open: take the store lock (one writing process at a time; a second opener gets
-``LockTimeoutError`` at once), recover the log (its recovery mode), replay every committed
-batch into the materialized states. Commit: under the store's lock, stamp and validate the
-batch against the current states, queue it in the log (which fixes its LSN) and install the
-results; then, outside the lock, wait for durability, so that commits of concurrent threads
-share one fdatasync. ``load`` waits for the batch that produced the state it returns.
+Open: recover the log under the writers' lock (its recovery mode), then replay every committed
+batch into the materialized states. Commit: under the store's lock, enter the log's
+``writing`` block (which takes the writers' lock and first applies every batch other
+processes committed since), stamp and validate the batch against the now current states,
+queue it in the log (which fixes its LSN) and install the results; then, outside the lock,
+wait for durability, so that commits of concurrent threads share one fdatasync. Reads
+(``load``, ``list_workflows``) first catch up on other processes' batches without taking the
+writers' lock, so readers never block writers; ``load`` waits for the batch that produced the
+state it returns to be durable.
+
+Any number of processes may open one store (docs/format.md §8); they are serialized per write
+group by the writers' lock, and each sees the others' committed batches before it validates
+its own.
 
 Crash reasoning: a batch is one log record, so it is in the log whole or not at all; replay
-applies exactly the records the log recovered, in LSN order, so after a crash every workflow
-is at the state after the same prefix of batches, which includes every acknowledged one.
+and catching up apply exactly the records the log holds, in LSN order, so after a crash every
+workflow is at the state after the same prefix of batches, which includes every acknowledged
+one; a process that dies holding the writers' lock leaves at most a torn record, which the next
+writer (or opener) cuts as recovery would.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from wfstate.errors import (
-    CorruptionError,
-    LockTimeoutError,
-    NotFoundError,
-    ValidationError,
-)
-from wfstate.format import RECORD_BATCH, WAL_DIR
+from wfstate.errors import CorruptionError, NotFoundError, ValidationError
+from wfstate.format import LOCK_FILE, RECORD_BATCH, WAL_DIR
 from wfstate.fs import OS_FS, FileSystem, make_dirs
+from wfstate.model import SCHEMA_VERSION
 from wfstate.mutations import Mutation, decode_mutations, encode_mutations
-from wfstate.statetable import Clock, StateTable, TableStore
-from wfstate.wal import Compression, Durability, Log, RecoveryMode
-from wfstate.wal.log import DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE
-
-LOCK_FILE = "LOCK"
+from wfstate.schema import BATCH_UPGRADES, SchemaUpgrades
+from wfstate.statetable import BatchLogger, Clock, StateTable, TableStore
+from wfstate.wal import Compression, Durability, Log, Record, RecoveryMode
+from wfstate.wal.log import DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE
 
 
 class LocalStore(TableStore):
-    """A :class:`wfstate.store.Store` in a local directory. Thread-safe. Use :meth:`open`."""
+    """A :class:`wfstate.store.Store` in a local directory. Thread- and process-safe. Use
+    :meth:`open`."""
 
-    def __init__(self, log: Log, table: StateTable, *, lock: object, fs: FileSystem,
-                 clock: Clock, path: str) -> None:  # fmt: skip
+    def __init__(self, log: Log, table: StateTable, *, clock: Clock, path: str) -> None:
         super().__init__(table, clock=clock, name=path)
         self._log = log
-        self._lock_handle = lock
-        self._fs = fs
         self.path = path
 
     @classmethod
@@ -56,54 +60,73 @@ class LocalStore(TableStore):
         compression: Compression | None = None,
         max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
         mode: RecoveryMode = "tolerate_torn_tail",
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        upgrades: SchemaUpgrades = BATCH_UPGRADES,
         clock: Clock = time.time,
         fs: FileSystem = OS_FS,
     ) -> LocalStore:
-        """Open (creating if needed) the store in directory ``path``: lock, recover, replay."""
+        """Open (creating if needed) the store in directory ``path``: recover, replay.
+
+        ``lock_timeout``: seconds to wait for the writers' lock (held by another process while
+        it writes) before ``LockTimeoutError`` (retryable). Recovery modes other than
+        ``tolerate_torn_tail`` may discard valid records: use them only when no other process
+        has the store open (docs/format.md §8). ``upgrades``: how batches written under older
+        schema versions are read (:mod:`wfstate.schema`); its chain must end at the current
+        ``SCHEMA_VERSION``.
+        """
         if not isinstance(path, str) or not path:
             raise ValidationError("path", "must be a non-empty str")
-        make_dirs(fs, path)
-        try:
-            lock = fs.lock(os.path.join(path, LOCK_FILE))
-        except BlockingIOError as exc:
-            raise LockTimeoutError(f"store {path} is open in another process") from exc
-        try:
-            log = Log.open(
-                os.path.join(path, WAL_DIR),
-                durability=durability,
-                segment_size=segment_size,
-                compression=compression,
-                max_record_size=max_record_size,
-                mode=mode,
-                fs=fs,
+        if not isinstance(upgrades, SchemaUpgrades):
+            raise ValidationError("upgrades", "must be a wfstate.schema.SchemaUpgrades")
+        if upgrades.current != SCHEMA_VERSION:
+            raise ValidationError(
+                "upgrades", f"the chain ends at version {upgrades.current}, not {SCHEMA_VERSION}"
             )
-            try:
-                table = _replay(log)
-            except BaseException:
-                log.close()
-                raise
-        except BaseException:
-            fs.unlock(lock)
-            raise
-        return cls(log, table, lock=lock, fs=fs, clock=clock, path=path)
-
-    def _log_batch(self, stamped: list[Mutation]) -> int:
+        make_dirs(fs, path)
+        table = StateTable()
+        wal_dir = os.path.join(path, WAL_DIR)
+        log = Log.open(
+            wal_dir,
+            durability=durability,
+            segment_size=segment_size,
+            compression=compression,
+            max_record_size=max_record_size,
+            mode=mode,
+            on_foreign=lambda record: _apply(table, wal_dir, record, upgrades),
+            lock_path=os.path.join(path, LOCK_FILE),
+            lock_timeout=lock_timeout,
+            fs=fs,
+        )
         try:
-            return self._log.enqueue(encode_mutations(stamped), record_type=RECORD_BATCH)
-        except ValidationError as exc:  # too large: name the input, not the log's field
-            raise ValidationError("mutations", exc.message) from exc
+            for record in log.read():
+                _apply(table, wal_dir, record, upgrades)
+        except BaseException:
+            log.close()
+            raise
+        return cls(log, table, clock=clock, path=path)
+
+    @contextmanager
+    def _writing(self) -> Iterator[BatchLogger]:
+        with self._log.writing() as writer:
+
+            def log_batch(stamped: list[Mutation]) -> int:
+                try:
+                    return writer.enqueue(encode_mutations(stamped), record_type=RECORD_BATCH)
+                except ValidationError as exc:  # too large: name the input, not the log's
+                    raise ValidationError("mutations", exc.message) from exc
+
+            yield log_batch
+
+    def _catch_up(self) -> None:
+        self._log.follow()
 
     def _wait_durable(self, lsn: int) -> None:
         self._log.wait(lsn)
 
     def close(self) -> None:
-        """Sync and release the store (the log, then the lock); idempotent."""
-        if not self._mark_closed():
-            return
-        try:
+        """Sync and release the store (its log and lock handle); idempotent."""
+        if self._mark_closed():
             self._log.close()
-        finally:
-            self._fs.unlock(self._lock_handle)
 
     def __enter__(self) -> LocalStore:
         return self
@@ -112,17 +135,15 @@ class LocalStore(TableStore):
         self.close()
 
 
-def _replay(log: Log) -> StateTable:
-    table = StateTable()
-    for record in log.read():
-        if record.type != RECORD_BATCH:
-            raise CorruptionError(
-                log.path, 0, f"record LSN {record.lsn} has type {record.type}, not a batch"
-            )
-        try:
-            table.replay(decode_mutations(record.payload), record.lsn)
-        except (ValidationError, NotFoundError) as exc:
-            raise CorruptionError(
-                log.path, 0, f"batch at LSN {record.lsn} does not apply: {exc}"
-            ) from exc
-    return table
+def _apply(table: StateTable, wal_dir: str, record: Record, upgrades: SchemaUpgrades) -> None:
+    """Apply one committed batch read from the log (replay at open, or another process's)."""
+    if record.type != RECORD_BATCH:
+        raise CorruptionError(
+            wal_dir, 0, f"record LSN {record.lsn} has type {record.type}, not a batch"
+        )
+    try:
+        table.replay(decode_mutations(record.payload, upgrades=upgrades), record.lsn)
+    except (ValidationError, NotFoundError) as exc:
+        raise CorruptionError(
+            wal_dir, 0, f"batch at LSN {record.lsn} does not apply: {exc}"
+        ) from exc

@@ -7,9 +7,10 @@ process. Thread-safe.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 
 from wfstate.mutations import Mutation
-from wfstate.statetable import Clock, StateTable, TableStore
+from wfstate.statetable import BatchLogger, Clock, StateTable, TableStore
 
 
 class MemoryStore(TableStore):
@@ -19,9 +20,15 @@ class MemoryStore(TableStore):
         super().__init__(StateTable(), clock=clock, name="<memory>")
         self._last_lsn = 0
 
+    def _writing(self) -> AbstractContextManager[BatchLogger]:
+        return nullcontext(self._log_batch)
+
     def _log_batch(self, stamped: list[Mutation]) -> int:
         self._last_lsn += 1
         return self._last_lsn
+
+    def _catch_up(self) -> None:
+        return
 
     def _wait_durable(self, lsn: int) -> None:
         return

@@ -14,6 +14,14 @@ Durability levels (DESIGN.md §4), named by what they can lose:
 Whatever the level, before a segment is left for the next one it is fsynced, ``sync()`` makes
 everything appended durable, and ``close()`` syncs.
 
+Several processes (or several ``Log`` handles) may open one log (docs/format.md §8). Only the
+holder of the writers' lock appends: a handle takes the lock when it has records to write (its
+*tenure*), catches up on what other writers appended (handing their records to ``on_foreign``)
+and repairs what a writer that died holding the lock left, assigns LSNs, writes and syncs, writes
+the durability hint, and gives the lock back once nothing is queued. Readers take no lock
+(:meth:`Log.follow`). A handle that has held the lock for ``_MAX_TENURE_S`` while its own threads
+kept it busy lets it go for ``_YIELD_PAUSE_S``, so other processes get a turn.
+
 A failed write or sync *poisons* the log: the failing append and every later one raise
 :class:`StorePoisonedError`; nothing is retried (after a failed fsync the kernel may have
 dropped the pages and report later fsyncs as successful). Reopening recovers from the disk.
@@ -21,22 +29,35 @@ dropped the pages and report later fsyncs as successful). Reopening recovers fro
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final, Literal
 
-from wfstate.errors import ClosedError, StorePoisonedError, ValidationError
+from wfstate.errors import (
+    ClosedError,
+    CorruptionError,
+    LockTimeoutError,
+    StorePoisonedError,
+    ValidationError,
+)
 from wfstate.format import (
     FLAG_AFTER_SYNC,
+    HINT_SIZE,
+    LOCK_FILE,
     MAX_PAYLOAD,
     RECORD_DATA,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SegmentHeader,
     frame_record,
+    pack_hint,
     pad8,
+    unpack_hint,
 )
-from wfstate.fs import OS_FS, FileSystem
+from wfstate.fs import OS_FS, FileSystem, make_dirs
 from wfstate.wal.codec import Compression, compress
 from wfstate.wal.reader import (
     DamageCallback,
@@ -44,18 +65,30 @@ from wfstate.wal.reader import (
     LogScan,
     Record,
     RecoveryMode,
+    TailPosition,
     check_mode,
 )
 from wfstate.wal.recovery import create_segment, recover
 from wfstate.wal.segment import SegmentFile
+from wfstate.wal.tail import follow
 
 Durability = Literal["always", "interval", "none"]
 DURABILITY_LEVELS: Final[tuple[Durability, ...]] = ("always", "interval", "none")
 DEFAULT_SEGMENT_SIZE: Final = 16 * 1024 * 1024
 DEFAULT_MAX_RECORD_SIZE: Final = 16 * 1024 * 1024
 
+DEFAULT_LOCK_TIMEOUT: Final = 30.0
+
 # A queued record: (lsn, type, codec, raw length, stored body)
 _Queued = tuple[int, int, int, int, bytes]
+ForeignCallback = Callable[[Record], None]
+
+#: Waiting for the writers' lock polls it, backing off from the first delay to the last.
+_FIRST_POLL_S: Final = 0.00005
+_LAST_POLL_S: Final = 0.001
+#: Fairness between processes (module docstring).
+_MAX_TENURE_S: Final = 0.05
+_YIELD_PAUSE_S: Final = 0.002
 
 
 def _positive_int(field: str, value: object, minimum: int) -> int:
@@ -77,6 +110,13 @@ class Log:
         self._poison: BaseException | None = None
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
+        # the writers' lock (docs/format.md §8)
+        self._tenure = False  # this handle holds it
+        self._tenure_since = 0.0
+        self._reserved = 0  # open writing() blocks; the lock is kept while any is open
+        self._polling = False  # one thread at a time polls for the lock
+        self._yielding = False
+        self._resume_at = 0.0  # after yielding, do not take the lock back before this
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -91,17 +131,25 @@ class Log:
         max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
         mode: RecoveryMode = "tolerate_torn_tail",
         on_damage: DamageCallback | None = None,
+        on_foreign: ForeignCallback | None = None,
+        lock_path: str | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         epoch: int | None = None,
         fs: FileSystem = OS_FS,
     ) -> Log:
         """Open (creating if needed) the log in directory ``path``, recovering it first.
 
-        Recovery follows ``mode`` (docs/format.md §6); everything it found is in
-        :attr:`recovery`, and each item is also passed to ``on_damage``. When ``open`` returns,
-        every record in the log is durable (the tail segment and directory are synced), so the
-        ``AFTER_SYNC`` flags written from here on are truthful. ``epoch`` is used only when a
-        new log is created (tests pin it for golden bytes). Options are validated before
-        anything is created; a bad one raises ``ValidationError`` naming it.
+        Recovery follows ``mode`` (docs/format.md §6) and runs holding the writers' lock
+        (``lock_path``, default ``<path>/LOCK``; waited for up to ``lock_timeout`` seconds, then
+        ``LockTimeoutError``, which is retryable); everything it found is in :attr:`recovery`,
+        and each item is also passed to ``on_damage``. When ``open`` returns, every record in
+        the log is durable (the tail segment and directory are synced), so the ``AFTER_SYNC``
+        flags written from here on are truthful. ``on_foreign`` receives, in LSN order, each
+        record another process or handle appended, when this handle catches up (in
+        :meth:`writing` and :meth:`follow`, on the calling thread, with this log's internal
+        lock held: it must not call back into the log). ``epoch`` is used only when a new log
+        is created (tests pin it for golden bytes). Options are validated before anything is
+        created; a bad one raises ``ValidationError`` naming it.
         """
         if durability not in DURABILITY_LEVELS:
             raise ValidationError(
@@ -119,8 +167,15 @@ class Log:
             compression = Compression()
         elif not isinstance(compression, Compression):
             raise ValidationError("compression", "must be a wfstate.wal.Compression")
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, int | float):
+            raise ValidationError("lock_timeout", f"must be a number, not {lock_timeout!r}")
+        if not 0 <= lock_timeout < float("inf"):
+            raise ValidationError("lock_timeout", f"must be >= 0 and finite, not {lock_timeout}")
+        if lock_path is None:
+            if not fs.is_dir(path):
+                make_dirs(fs, path)  # recovery makes it durable; the lock file needs it now
+            lock_path = os.path.join(path, LOCK_FILE)
 
-        recovered = recover(fs, path, mode=mode, on_damage=on_damage, epoch=epoch)
         log = cls(_token=_OPEN_TOKEN)
         log._fs = fs
         log._dir = path
@@ -131,29 +186,60 @@ class Log:
         log._max_record = max_record_size
         log._mode = mode
         log._on_damage = on_damage
-        log.recovery = recovered.damage
-        tail = recovered.tail
-        log.epoch = tail.epoch
-        log._segment = tail.segment
-        log._segment_bytes = tail.offset
-        log._segment_records = tail.next_lsn - tail.segment.first_lsn
-        log._seed = tail.seed
-        log._next_lsn = tail.next_lsn
-        fd = fs.open_append(tail.segment.path)
+        log._on_foreign = on_foreign
+        log._lock_timeout = float(lock_timeout)
+        log._lock = fs.open_lock(lock_path)
         try:
-            fs.fsync(fd)
-            fs.fsync_dir(path)
+            log._lock_and_recover(epoch)
         except BaseException:
-            fs.close(fd)
+            fs.close_lock(log._lock)
             raise
-        log._fd = fd
-        log._written_lsn = log._durable_lsn = tail.next_lsn - 1
         if durability == "interval":
             log._syncer = threading.Thread(
                 target=log._sync_periodically, name="wfstate-log-sync", daemon=True
             )
             log._syncer.start()
         return log
+
+    def _lock_and_recover(self, epoch: int | None) -> None:
+        """Recover under the writers' lock, make the tail durable, rewrite the hint."""
+        fs = self._fs
+        self._wait_for_lock()
+        try:
+            recovered = recover(
+                fs, self._dir, mode=self._mode, on_damage=self._on_damage, epoch=epoch
+            )
+            self.recovery = recovered.damage
+            tail = recovered.tail
+            self.epoch = tail.epoch
+            fd = fs.open_append(tail.segment.path)
+            try:
+                fs.fsync(fd)
+                fs.fsync_dir(self._dir)
+                # Every record is durable now: a hint left from before a crash (or by a log
+                # this recovery shortened) must not outlive this point (format §8.1).
+                fs.write_lock_data(self._lock, pack_hint(tail.epoch, tail.next_lsn - 1))
+            except BaseException:
+                fs.close(fd)
+                raise
+        finally:
+            fs.unlock(self._lock)
+        self._fd = fd
+        self._move_to(tail)
+        self._written_lsn = self._durable_lsn = tail.next_lsn - 1
+
+    def _wait_for_lock(self) -> None:
+        """Take the writers' lock, polling until ``lock_timeout`` (no log state involved)."""
+        deadline = time.monotonic() + self._lock_timeout
+        delay = _FIRST_POLL_S
+        while not self._fs.try_lock(self._lock):
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"log {self._dir}: the writers' lock was not free within "
+                    f"{self._lock_timeout} s (lock_timeout)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, _LAST_POLL_S)
 
     # attributes set by open()
     _fs: FileSystem
@@ -165,6 +251,9 @@ class Log:
     _max_record: int
     _mode: RecoveryMode
     _on_damage: DamageCallback | None
+    _on_foreign: ForeignCallback | None
+    _lock_timeout: float
+    _lock: object
     _segment: SegmentFile
     _segment_bytes: int
     _segment_records: int
@@ -176,7 +265,8 @@ class Log:
     epoch: int
     """The store epoch all segments of this log carry."""
     recovery: list[LogDamage]
-    """What recovery found (and repaired) when this log was opened."""
+    """What recovery found (and repaired) when this log was opened, then what catching up on
+    other writers repaired (a torn tail left by a process that died holding the lock)."""
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -218,11 +308,35 @@ class Log:
     def enqueue(self, payload: bytes, *, record_type: int = RECORD_DATA) -> int:
         """Give the record its LSN and queue it, without waiting for durability.
 
-        Callers that must order something with the LSN (a store applying the record to its
-        in-memory state under its own lock) call this under their lock and :meth:`wait`
-        outside it, so commits of many threads still share one sync. Under ``interval`` and
-        ``none`` the record is written before this returns. Validation as in :meth:`append`.
+        The same as one ``enqueue`` inside :meth:`writing`. Under ``interval`` and ``none`` the
+        record is written before this returns. Validation as in :meth:`append`.
         """
+        with self.writing() as writer:
+            return writer.enqueue(payload, record_type=record_type)
+
+    @contextmanager
+    def writing(self) -> Iterator[LogWriter]:
+        """Hold the writers' lock for a block of :meth:`LogWriter.enqueue` calls.
+
+        On entry this handle takes the lock if it does not hold it yet (waiting up to
+        ``lock_timeout``) and catches up: records other writers appended go to ``on_foreign``
+        *before* this returns, so a caller that decides what to write from state built from
+        the log (a store validating a batch) decides on the latest state. Callers that must
+        order something with the LSN (a store applying the record to its in-memory state under
+        its own lock) enqueue here under their lock and :meth:`wait` outside it, so commits of
+        many threads still share one sync. On exit the lock is given back if nothing is queued.
+        """
+        with self._cond:
+            self._take_tenure()
+            self._reserved += 1
+        try:
+            yield LogWriter(self)
+        finally:
+            with self._cond:
+                self._reserved -= 1
+                self._release_if_idle()
+
+    def _enqueue_held(self, payload: bytes, record_type: int) -> int:
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise ValidationError("payload", f"must be bytes, not {type(payload).__name__}")
         size = len(payload)
@@ -248,6 +362,8 @@ class Log:
         Under ``always``: once it is covered by a completed fdatasync, this thread leading the
         group commit if no flush is running. Under ``interval``/``none``: at once (the record
         was written by :meth:`enqueue`). ``StorePoisonedError`` if the log stopped before.
+        A record another writer appended (seen by catching up) is waited for the same way:
+        if no durability hint covers it, this handle syncs the file itself.
         """
         if self._durability != "always":
             return
@@ -268,20 +384,138 @@ class Log:
         if self._closed:
             raise ClosedError(f"log {self._dir} is closed")
 
+    # -- the writers' lock ----------------------------------------------------------------------
+    def _take_tenure(self) -> None:
+        """Hold the writers' lock, caught up (lock held; it is released while waiting)."""
+        deadline: float | None = None
+        delay = _FIRST_POLL_S
+        while True:
+            self._check_usable()
+            now = time.monotonic()
+            if self._tenure and not self._yielding:
+                return
+            if self._tenure or self._polling or self._flushing or now < self._resume_at:
+                # yielding: the lock goes back once the queue drains; or another thread of
+                # this handle is polling; or a flush of records followed is running
+                pause = max(self._resume_at - now, 0.0) or None
+                self._cond.wait(pause)
+                continue
+            if self._fs.try_lock(self._lock):
+                try:
+                    self._catch_up(repair=True)
+                except BaseException as exc:
+                    self._fs.unlock(self._lock)
+                    if not isinstance(exc, CorruptionError):
+                        self._poison = exc  # a repair's I/O failed: never retried
+                    raise
+                self._tenure = True
+                self._tenure_since = time.monotonic()
+                return
+            if deadline is None:
+                deadline = now + self._lock_timeout
+            elif now >= deadline:
+                raise LockTimeoutError(
+                    f"log {self._dir}: the writers' lock was not free within "
+                    f"{self._lock_timeout} s (lock_timeout)"
+                )
+            self._polling = True
+            try:
+                self._cond.wait(delay)
+            finally:
+                self._polling = False
+                self._cond.notify_all()
+            delay = min(delay * 2, _LAST_POLL_S)
+
+    def _release_if_idle(self) -> None:
+        """Give the writers' lock back if nothing is queued, flushing or about to be queued
+        (lock held). Under sustained load from this handle, ask for a turn to be given to
+        other processes once the tenure is older than ``_MAX_TENURE_S``."""
+        if not self._tenure:
+            return
+        if self._pending or self._flushing or self._reserved:
+            if time.monotonic() - self._tenure_since > _MAX_TENURE_S:
+                self._yielding = True
+            return
+        self._tenure = False
+        self._fs.unlock(self._lock)
+        if self._yielding:
+            self._yielding = False
+            self._resume_at = time.monotonic() + _YIELD_PAUSE_S
+        self._cond.notify_all()
+
+    def follow(self) -> None:
+        """Catch up on what other writers appended, without taking the lock.
+
+        Their records go to ``on_foreign``. Invalid bytes at the end are left alone (a writer
+        may be writing them). Nothing to do while this handle holds the lock.
+        """
+        with self._cond:
+            while self._flushing and not self._tenure:
+                self._cond.wait()
+            self._check_usable()
+            if not self._tenure:
+                self._catch_up(repair=False)
+
+    def _catch_up(self, *, repair: bool) -> None:
+        """Move this handle's view to the end of the log (lock held, nothing queued)."""
+        position = TailPosition(
+            self._segment, self._segment_bytes, self._seed, self._written_lsn + 1, self.epoch
+        )
+        found = follow(
+            self._fs, self._dir, position, repair=repair, decode=self._on_foreign is not None
+        )
+        for damage in found.damage:
+            self.recovery.append(damage)
+            if self._on_damage is not None:
+                self._on_damage(damage)
+        tail = found.tail
+        if tail.segment != self._segment:
+            fd = self._fs.open_append(tail.segment.path)
+            self._fs.close(self._fd)
+            self._fd = fd
+            # whoever created the newer segment synced every one before it first
+            self._durable_lsn = max(self._durable_lsn, tail.segment.first_lsn - 1)
+        self._move_to(tail)
+        last = tail.next_lsn - 1
+        if last > self._written_lsn:
+            self._written_lsn = last
+            hinted = unpack_hint(self._fs.read_lock_data(self._lock, HINT_SIZE), self.epoch)
+            if hinted is not None:
+                self._durable_lsn = max(self._durable_lsn, min(hinted, last))
+        if self._on_foreign is not None:
+            for record in found.records:
+                self._on_foreign(record)
+
+    def _move_to(self, tail: TailPosition) -> None:
+        self._segment = tail.segment
+        self._segment_bytes = tail.offset
+        self._seed = tail.seed
+        self._next_lsn = tail.next_lsn
+        self._segment_records = tail.next_lsn - tail.segment.first_lsn
+
+    # -- writing ------------------------------------------------------------------------------
     def _lead_flush(self) -> None:
         """Group-commit leader (called with the lock held, returns with it held).
 
         Takes every queued record, then releases the lock for the write and the fdatasync so
         that other threads queue the next group meanwhile. Only one leader runs at a time
-        (``_flushing``), so the chain state and the descriptor are the leader's alone.
+        (``_flushing``), so the chain state and the descriptor are the leader's alone. With
+        nothing queued (records another writer appended, not yet known durable) it only syncs.
         """
         batch = self._pending
         self._pending = []
         self._flushing = True
+        target = self._next_lsn - 1
+        tenure = self._tenure
         self._cond.release()
         error: BaseException | None = None
         try:
-            self._write(batch, sync=True)
+            if batch:
+                self._write(batch, sync=True)
+            else:
+                self._fs.fdatasync(self._fd)
+            if tenure:
+                self._fs.write_lock_data(self._lock, pack_hint(self.epoch, target))
         except BaseException as exc:
             error = exc
         finally:
@@ -289,9 +523,18 @@ class Log:
             self._flushing = False
         if error is not None:
             self._poison = error
+            self._give_up_tenure()
         else:
-            self._written_lsn = self._durable_lsn = batch[-1][0]
+            self._written_lsn = max(self._written_lsn, target)
+            self._durable_lsn = max(self._durable_lsn, target)
+            self._release_if_idle()
         self._cond.notify_all()
+
+    def _give_up_tenure(self) -> None:
+        """Release the writers' lock after this handle stopped (its successor repairs)."""
+        if self._tenure:
+            self._tenure = False
+            self._fs.unlock(self._lock)
 
     def _write_pending(self, *, sync: bool) -> None:
         """Write the queued records now, and sync if asked (lock held): the
@@ -303,8 +546,11 @@ class Log:
                 self._written_lsn = batch[-1][0]
             elif sync and self._durable_lsn < self._written_lsn:
                 self._fs.fdatasync(self._fd)
+            if sync and self._tenure:
+                self._fs.write_lock_data(self._lock, pack_hint(self.epoch, self._written_lsn))
         except BaseException as exc:
             self._poison = exc
+            self._give_up_tenure()
             self._check_usable()  # raises StorePoisonedError, chained to exc
             raise
         if sync:
@@ -313,7 +559,8 @@ class Log:
     def _write(self, batch: list[_Queued], *, sync: bool) -> None:
         """Frame ``batch``, rotate first if the segment is full, write it in one call, sync.
 
-        Called by exactly one thread at a time (the leader, or a holder of the lock).
+        Called by exactly one thread at a time (the leader, or a holder of the lock), holding
+        the writers' lock.
         """
         first_lsn = batch[0][0]
         size = sum(RECORD_HEADER_SIZE + pad8(len(q[4])) for q in batch)
@@ -363,6 +610,7 @@ class Log:
                 self._cond.wait()
             self._check_usable()
             self._write_pending(sync=True)
+            self._release_if_idle()
 
     def _sync_periodically(self) -> None:
         """The ``interval`` level's background syncer.
@@ -390,7 +638,7 @@ class Log:
                 self._durable_lsn = max(self._durable_lsn, target)
 
     def close(self) -> None:
-        """Sync what was appended and release the files. Idempotent.
+        """Sync what was appended and release the files and the lock. Idempotent.
 
         A poisoned log is closed without syncing (its state is for recovery to judge).
         """
@@ -406,6 +654,8 @@ class Log:
                 self._closed = True
                 self._stop_syncer.set()
                 self._fs.close(self._fd)
+                self._give_up_tenure()
+                self._fs.close_lock(self._lock)
                 self._cond.notify_all()
         if self._syncer is not None:
             self._syncer.join()
@@ -418,11 +668,13 @@ class Log:
 
     # -- reading ------------------------------------------------------------------------------
     def read(self, from_lsn: int = 1) -> Iterator[Record]:
-        """Each record from ``from_lsn`` up to the last one written when the call was made.
+        """Each record from ``from_lsn`` up to the last one this handle knows of at the call.
 
         Damage met on the way is handled by the recovery mode the log was opened with (the tail
         was repaired at open): ``CorruptionError`` for corruption, except that
         ``skip_corrupted`` skips (and reports to ``on_damage``) what it skipped at open.
+        Records other writers appended since this handle last caught up are not included
+        (:meth:`follow` first).
         """
         _positive_int("from_lsn", from_lsn, 1)
         with self._cond:
@@ -442,6 +694,19 @@ class Log:
             epoch=self.epoch,
         )
         return scan.records()
+
+
+class LogWriter:
+    """Enqueues records while its :meth:`Log.writing` block holds the writers' lock."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+
+    def enqueue(self, payload: bytes, *, record_type: int = RECORD_DATA) -> int:
+        """Give the record its LSN and queue it (see :meth:`Log.enqueue`)."""
+        return self._log._enqueue_held(payload, record_type)
 
 
 _OPEN_TOKEN: Final = object()

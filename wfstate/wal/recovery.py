@@ -110,7 +110,7 @@ def recover(
                         last.path, 0, f"torn segment header: {exc.reason}"
                     ) from exc
                 report(LogDamage("torn_segment", last.path, 0, len(buf), exc.reason))
-                _move_aside(fs, last.path, os.path.join(wal_dir, broken_name(last.name, 0)))
+                move_aside(fs, last.path, os.path.join(wal_dir, broken_name(last.name, 0)))
                 fs.fsync_dir(wal_dir)
                 segments.pop()
                 set_aside_torn_creation = True
@@ -139,7 +139,7 @@ def recover(
         quarantine = os.path.join(wal_dir, QUARANTINE_DIR)
         make_dirs(fs, quarantine)
         for seg in later:
-            _move_aside(fs, seg.path, os.path.join(quarantine, seg.name))
+            move_aside(fs, seg.path, os.path.join(quarantine, seg.name))
         fs.fsync_dir(quarantine)
         fs.fsync_dir(wal_dir)
     if tail is None:  # nothing readable is left: a fresh log (LSNs restart; evidence is kept)
@@ -175,7 +175,8 @@ def _free_name(fs: FileSystem, path: str) -> str:
     return candidate
 
 
-def _move_aside(fs: FileSystem, src: str, dst: str) -> None:
+def move_aside(fs: FileSystem, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst``, or to the first free ``dst.N``; the caller syncs the dir."""
     fs.replace(src, _free_name(fs, dst))
 
 
