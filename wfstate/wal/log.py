@@ -55,6 +55,7 @@ from wfstate.format import (
     frame_record,
     pack_hint,
     pad8,
+    segment_name,
     unpack_hint,
 )
 from wfstate.fs import OS_FS, FileSystem, make_dirs
@@ -311,8 +312,13 @@ class Log:
         The same as one ``enqueue`` inside :meth:`writing`. Under ``interval`` and ``none`` the
         record is written before this returns. Validation as in :meth:`append`.
         """
-        with self.writing() as writer:
-            return writer.enqueue(payload, record_type=record_type)
+        queued = self._prepare(payload, record_type)
+        with self._cond:
+            self._take_tenure()
+            try:
+                return self._queue(queued)
+            finally:
+                self._release_if_idle()
 
     @contextmanager
     def writing(self) -> Iterator[LogWriter]:
@@ -337,6 +343,12 @@ class Log:
                 self._release_if_idle()
 
     def _enqueue_held(self, payload: bytes, record_type: int) -> int:
+        queued = self._prepare(payload, record_type)
+        with self._cond:
+            return self._queue(queued)
+
+    def _prepare(self, payload: bytes, record_type: int) -> tuple[int, int, int, bytes]:
+        """Validate and compress a record (no lock needed): (type, codec, raw length, body)."""
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise ValidationError("payload", f"must be bytes, not {type(payload).__name__}")
         size = len(payload)
@@ -347,14 +359,17 @@ class Log:
         if not isinstance(record_type, int) or not 1 <= record_type <= 255:
             raise ValidationError("record_type", f"must be an int in 1..255, not {record_type!r}")
         codec, body = compress(bytes(payload), self._compression)
-        with self._cond:
-            self._check_usable()
-            lsn = self._next_lsn
-            self._next_lsn = lsn + 1
-            self._pending.append((lsn, record_type, codec, size, body))
-            if self._durability != "always":
-                self._write_pending(sync=False)
-            return lsn
+        return record_type, codec, size, body
+
+    def _queue(self, prepared: tuple[int, int, int, bytes]) -> int:
+        """Give a prepared record its LSN and queue it (lock held, writers' lock held)."""
+        self._check_usable()
+        lsn = self._next_lsn
+        self._next_lsn = lsn + 1
+        self._pending.append((lsn, *prepared))
+        if self._durability != "always":
+            self._write_pending(sync=False)
+        return lsn
 
     def wait(self, lsn: int) -> None:
         """Return once record ``lsn`` is acknowledged under the durability level.
@@ -458,6 +473,13 @@ class Log:
 
     def _catch_up(self, *, repair: bool) -> None:
         """Move this handle's view to the end of the log (lock held, nothing queued)."""
+        fs = self._fs
+        segment = self._segment
+        next_name = segment_name(segment.seq + 1, self._written_lsn + 1)
+        if fs.file_size(segment.path) == self._segment_bytes and not fs.exists(
+            self._dir + os.sep + next_name
+        ):
+            return  # nobody wrote since (the common case, checked with two stat calls)
         position = TailPosition(
             self._segment, self._segment_bytes, self._seed, self._written_lsn + 1, self.epoch
         )
