@@ -1,4 +1,4 @@
-"""Shared benchmark fixtures: open/close a system by name, and print the ratio table."""
+"""Shared benchmark fixtures: open/close a system by name, the big store, the ratio tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench import report
-from bench.peers import SYSTEMS, OpenPeer, Peer
+from bench.big_store import BigStore, build_big_store
+from bench.peers import STATE_SYSTEMS, SYSTEMS, OpenPeer, OpenStatePeer, Peer, StatePeer
 
 
 @pytest.fixture
@@ -30,6 +31,36 @@ def open_peer(tmp_path: Path) -> Iterator[OpenPeer]:
     yield _open
     for peer in reversed(opened):
         peer.close()
+
+
+@pytest.fixture
+def open_state_peer(tmp_path: Path) -> Iterator[OpenStatePeer]:
+    """``open_state_peer(system)``: like ``open_peer`` for the state systems (P3-P5b)."""
+    opened: list[StatePeer] = []
+
+    def _open(system: str) -> StatePeer:
+        peer = STATE_SYSTEMS[system]()
+        peer.open(str(tmp_path / system))
+        opened.append(peer)
+        report.RESULTS.data_dir = str(tmp_path)
+        return peer
+
+    yield _open
+    for peer in reversed(opened):
+        peer.close()
+
+
+@pytest.fixture(scope="session")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> BigStore:
+    """The big store of every system, built once per run (``bench/big_store.py``).
+
+    Every test that uses it only reads it. Full size takes ~25 s to build on the 2-core VM.
+    """
+    root = tmp_path_factory.mktemp("big_store")
+    big = build_big_store(str(root))
+    report.RESULTS.big_store_label = big.label()
+    report.RESULTS.data_dir = str(root)
+    return big
 
 
 @pytest.hookimpl(trylast=True)

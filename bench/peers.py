@@ -1,8 +1,13 @@
-"""The peers of BENCHMARKS.md and a wfstate adapter, all with one shape.
+"""The peers of BENCHMARKS.md and wfstate adapters, in two shapes.
 
-Each peer is a class with ``open(directory)``, ``commit(payload)`` and ``close()``. ``commit``
+Log peers (P1, P2): ``open(directory)``, ``commit(payload)`` and ``close()``. ``commit``
 returns only once the payload is durable (it survives an OS crash or power loss). Peers marked
 thread-safe may be committed to from many threads at once (P2).
+
+State peers (P3-P5b, :class:`StatePeer`): whole workflow states, ``open(directory)``,
+``save(state)`` (durable on return), ``load(workflow_id)``, ``list_workflows()`` and
+``close()``; wfstate is its store API (``LocalStore``), the peers keep each state as one JSON
+document (``msgspec.json``, decoded back into the same typed ``WorkflowState``).
 
 Peers call ``os`` directly: they are yardsticks, not part of wfstate.
 """
@@ -13,20 +18,30 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
+import msgspec
+
+from wfstate.backends.local import LocalStore
+from wfstate.model import WorkflowState
 from wfstate.wal import Durability, Log
 
 __all__ = [
+    "STATE_SYSTEMS",
     "SYSTEMS",
     "Floor",
     "GroupFloor",
     "JsonRewrite",
+    "JsonStateFiles",
     "LockedFloor",
     "OpenPeer",
+    "OpenStatePeer",
     "Peer",
     "SqliteFull",
+    "SqliteStateRows",
+    "StatePeer",
     "Wfstate",
+    "WfstateStore",
 ]
 
 _LEN_BYTES = 4
@@ -307,4 +322,165 @@ SYSTEMS: dict[str, Callable[[], Peer]] = {
     "sqlite_full": SqliteFull,
     "json_rewrite": JsonRewrite,
     "wfstate": Wfstate,
+}
+
+
+# -- state peers (P3-P5b) -----------------------------------------------------------------------
+
+_JSON_ENCODER: Final = msgspec.json.Encoder()
+_JSON_STATE_DECODER: Final = msgspec.json.Decoder(WorkflowState)
+
+
+class StatePeer(Protocol):
+    """What the state benchmarks drive: whole workflow states, one handle, one thread."""
+
+    def open(self, directory: str) -> None: ...
+
+    def save(self, state: WorkflowState) -> None: ...
+
+    def load(self, workflow_id: str) -> WorkflowState: ...
+
+    def list_workflows(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+#: ``open_state_peer(system)``, the fixture in ``bench/conftest.py``: a fresh, opened state peer.
+OpenStatePeer = Callable[[str], StatePeer]
+
+
+class SqliteStateRows:
+    """SQLite (WAL, ``synchronous=FULL``), one row per workflow: its state as one JSON blob.
+
+    ``save`` is one ``INSERT OR REPLACE`` in its own transaction; ``load`` one ``SELECT`` and a
+    typed decode. ``open`` connects and creates the table (SQLite reads the file lazily).
+    """
+
+    FILE = "states.sqlite"
+
+    def __init__(self) -> None:
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        conn = sqlite3.connect(os.path.join(directory, self.FILE), isolation_level=None)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise RuntimeError(f"sqlite refused WAL mode: {mode!r}")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS states (workflow_id TEXT PRIMARY KEY, state BLOB NOT NULL)"
+        )
+        self._conn = conn
+
+    def _connection(self) -> sqlite3.Connection:
+        assert self._conn is not None, "used before open"
+        return self._conn
+
+    def save(self, state: WorkflowState) -> None:
+        conn = self._connection()
+        blob = _JSON_ENCODER.encode(state)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO states (workflow_id, state) VALUES (?, ?)",
+                (state.workflow.id, blob),
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def load(self, workflow_id: str) -> WorkflowState:
+        row = (
+            self._connection()
+            .execute("SELECT state FROM states WHERE workflow_id = ?", (workflow_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise KeyError(workflow_id)
+        return _JSON_STATE_DECODER.decode(row[0])
+
+    def list_workflows(self) -> list[str]:
+        rows = self._connection().execute("SELECT workflow_id FROM states ORDER BY workflow_id")
+        return [str(r[0]) for r in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class JsonStateFiles:
+    """One JSON file per workflow, ``<workflow_id>.json``, rewritten whole on every save.
+
+    ``save`` is :class:`JsonRewrite`'s commit (temp file, fsync, rename, directory fsync);
+    ``load`` reads the file and decodes it into a ``WorkflowState``; ``list_workflows`` lists
+    the directory. ``open`` only creates the directory: a JSON-file store has nothing to open.
+    """
+
+    SUFFIX = ".json"
+
+    def __init__(self) -> None:
+        self._dir = ""
+
+    def open(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self._dir = directory
+
+    def save(self, state: WorkflowState) -> None:
+        writer = JsonRewrite(state.workflow.id + self.SUFFIX)
+        writer.open(self._dir)
+        writer.commit(_JSON_ENCODER.encode(state))
+
+    def load(self, workflow_id: str) -> WorkflowState:
+        with open(os.path.join(self._dir, workflow_id + self.SUFFIX), "rb") as f:
+            return _JSON_STATE_DECODER.decode(f.read())
+
+    def list_workflows(self) -> list[str]:
+        return sorted(
+            name.removesuffix(self.SUFFIX)
+            for name in os.listdir(self._dir)
+            if name.endswith(self.SUFFIX)
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class WfstateStore:
+    """``wfstate.backends.local.LocalStore`` through its public methods; durability ``always``
+    unless given. ``open`` is ``LocalStore.open`` (lock, recover, replay)."""
+
+    def __init__(self, durability: Durability = "always") -> None:
+        self._durability: Durability = durability
+        self._store: LocalStore | None = None
+
+    def open(self, directory: str) -> None:
+        self._store = LocalStore.open(directory, durability=self._durability)
+
+    def store(self) -> LocalStore:
+        assert self._store is not None, "used before open"
+        return self._store
+
+    def save(self, state: WorkflowState) -> None:
+        self.store().save(state)
+
+    def load(self, workflow_id: str) -> WorkflowState:
+        return self.store().load(workflow_id)
+
+    def list_workflows(self) -> list[str]:
+        return self.store().list_workflows()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+#: The state systems, by the names the log systems use for the same peer in the report.
+STATE_SYSTEMS: dict[str, Callable[[], StatePeer]] = {
+    "sqlite_full": SqliteStateRows,
+    "json_rewrite": JsonStateFiles,
+    "wfstate": WfstateStore,
 }

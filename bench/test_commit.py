@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from typing import Any, Protocol
 
 import pytest
 
 from bench import report
+from bench.benchmark_protocol import Benchmark
 from bench.peers import OpenPeer, Peer
 from bench.report import QUICK
 from fixtures.reference_data import step_output_bytes
@@ -34,29 +34,6 @@ P2_THREADS = 8
 P2_COMMITS = int(os.environ.get("WFSTATE_BENCH_P2_COMMITS", "50"))
 P2_ROUNDS = 5 if QUICK else 20
 P2_WARMUP = -(-WARMUP_COMMITS // (P2_THREADS * P2_COMMITS))  # rounds, rounded up
-
-
-class _Stats(Protocol):
-    def __getitem__(self, key: str) -> float: ...
-
-
-class Benchmark(Protocol):
-    """The part of pytest-benchmark's ``benchmark`` fixture used here."""
-
-    extra_info: dict[str, Any]
-    stats: _Stats | None
-
-    def pedantic(
-        self,
-        target: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-        setup: Any = None,
-        teardown: Any = None,
-        rounds: int = 1,
-        warmup_rounds: int = 0,
-        iterations: int = 1,
-    ) -> Any: ...
 
 
 @pytest.mark.benchmark(group="P1")

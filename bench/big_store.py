@@ -1,0 +1,105 @@
+"""The big store of BENCHMARKS.md, built once per run for every system (P5, P5b, P7).
+
+One pass over :func:`fixtures.reference_states.big_store_batches` feeds two systems:
+
+- ``wfstate/``: a ``LocalStore`` that committed every batch (durability ``none``, only to build
+  it fast; it is closed, so everything is on disk, before any measurement);
+- ``sqlite_full/mutations.sqlite``: SQLite (WAL, synchronous=FULL) holding the same batches,
+  one row per batch, as JSON, in one transaction, checkpointed into the main file;
+
+then ``json_rewrite/`` gets one JSON file per workflow (:class:`bench.peers.JsonStateFiles`)
+holding exactly the states the wfstate store ended with (each ``load``-ed from it).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from bench.peers import JsonStateFiles
+from bench.report import QUICK
+from fixtures.reference_data import workflow_id
+from fixtures.reference_states import big_store_batches
+from wfstate.backends.local import LocalStore
+
+__all__ = ["BIG_STORE_SHAPE", "BigStore", "build_big_store"]
+
+#: ``(workflows, steps per workflow)``: BENCHMARKS.md's 100 x 1,000 (100,000 step outputs,
+#: ~110 MB as JSON); quick mode 100 x 100 (10,000; ~11 MB).
+BIG_STORE_SHAPE: Final = (100, 100) if QUICK else (100, 1000)
+
+#: The SQLite peer's database file (table ``mutations``: one row per batch, as JSON).
+SQLITE_MUTATIONS_FILE: Final = "mutations.sqlite"
+
+
+@dataclass(frozen=True)
+class BigStore:
+    """Where the big store of each system lives, and its shape."""
+
+    root: str
+    workflows: int
+    per_workflow: int
+
+    @property
+    def mutations(self) -> int:
+        """Step-output mutations (``PutStepOutput`` batches); creations not counted."""
+        return self.workflows * self.per_workflow
+
+    @property
+    def first_workflow(self) -> str:
+        return workflow_id(0)
+
+    def directory(self, system: str) -> str:
+        """The directory to ``open`` for ``system`` (``wfstate``, ``json_rewrite``)."""
+        return os.path.join(self.root, system)
+
+    @property
+    def sqlite_mutations_path(self) -> str:
+        return os.path.join(self.root, "sqlite_full", SQLITE_MUTATIONS_FILE)
+
+    def label(self) -> str:
+        full = (self.workflows, self.per_workflow) == (100, 1000)
+        size = "BENCHMARKS.md size" if full else "smaller than BENCHMARKS.md's 100 x 1,000"
+        return (
+            f"big store: {self.workflows} workflows x {self.per_workflow:,} steps = "
+            f"{self.mutations:,} step-output mutations ({size})"
+        )
+
+
+def build_big_store(
+    root: str, workflows: int = BIG_STORE_SHAPE[0], per_workflow: int = BIG_STORE_SHAPE[1]
+) -> BigStore:
+    """Build the big store of every system under ``root`` (which must not hold one yet)."""
+    big = BigStore(root=root, workflows=workflows, per_workflow=per_workflow)
+    os.makedirs(os.path.dirname(big.sqlite_mutations_path), exist_ok=True)
+    conn = sqlite3.connect(big.sqlite_mutations_path, isolation_level=None)
+    store = LocalStore.open(big.directory("wfstate"), durability="none")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(
+            "CREATE TABLE mutations (id INTEGER PRIMARY KEY, workflow_id TEXT NOT NULL, "
+            "payload BLOB NOT NULL)"
+        )
+        conn.execute("BEGIN IMMEDIATE")
+        encoder = msgspec.json.Encoder()
+        for batch in big_store_batches(workflows, per_workflow):
+            store.commit(batch)
+            conn.execute(
+                "INSERT INTO mutations (workflow_id, payload) VALUES (?, ?)",
+                (batch[0].workflow_id, encoder.encode(batch)),
+            )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        files = JsonStateFiles()
+        files.open(big.directory("json_rewrite"))
+        for wid in store.list_workflows():
+            files.save(store.load(wid))
+    finally:
+        store.close()
+        conn.close()
+    return big

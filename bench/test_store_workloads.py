@@ -1,0 +1,222 @@
+"""P3, P4, P5, P5b and P7 from BENCHMARKS.md: wfstate's store API beside its peers.
+
+wfstate is ``LocalStore`` through its public methods only (``open``, ``save``, ``load``,
+``list_workflows``, ``close``; :class:`bench.peers.WfstateStore`), so these keep measuring the
+same thing while the store's internals change. Peers (:data:`bench.peers.STATE_SYSTEMS`):
+``sqlite_full`` (SQLite WAL, synchronous=FULL, a workflow's state as one JSON blob in one row)
+and ``json_rewrite`` (one JSON file per workflow, rewritten whole), both decoding back into the
+same typed ``WorkflowState`` wfstate returns.
+
+Times are medians of rounds (pytest-benchmark); the report keeps them in ms beside the ratios.
+P7 measures memory, not time: its numbers are in ``extra_info`` and the report table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.benchmark_protocol import Benchmark
+from bench.big_store import BigStore
+from bench.peers import STATE_SYSTEMS, OpenStatePeer, StatePeer
+from bench.report import QUICK
+from bench.rss_probe import run_in_subprocess
+from fixtures.reference_states import big_workflow_state
+from wfstate.model import WorkflowState
+
+# Budgets (2-core VM, ext4): this file takes ~10 s in quick mode, ~2.5 min in full mode (mostly
+# the big store: building it, and reopening it in P5, P5b and P7).
+P3_ROUNDS = 5 if QUICK else 20
+P3_WARMUP = 2 if QUICK else 3  # past wfstate's first save (which also creates the workflow)
+P4_ROUNDS = 10 if QUICK else 30
+P4_WARMUP = 2
+P5_ROUNDS = 3 if QUICK else 5
+P5_WARMUP = 1
+P5B_ROUNDS = 5 if QUICK else 10
+P5B_WARMUP = 1
+
+ALL_SYSTEMS = ["sqlite_full", "json_rewrite", "wfstate"]
+#: P5 and P5b have one peer: the same states read from JSON files.
+BIG_STORE_SYSTEMS = ["json_rewrite", "wfstate"]
+
+_KIB_TO_MB = 1024 / 1e6
+
+
+@pytest.fixture(scope="module")
+def big_state() -> WorkflowState:
+    """The big state (1,000 steps, each with its output) as the ``WorkflowState`` to save."""
+    return big_workflow_state()
+
+
+class FreshHandles:
+    """Opens a new handle of ``system`` on ``directory`` inside a timed round.
+
+    What a round loaded is kept (:meth:`keep`) and, with every handle opened, dropped in
+    pytest-benchmark's untimed teardown (:meth:`close_all`; a store is locked while open). So
+    no round pays for freeing the previous round's states, or has them alive during its own
+    garbage collections; rounds return only a small summary for the same reason.
+    """
+
+    def __init__(self, system: str, directory: str) -> None:
+        self.system = system
+        self.directory = directory
+        self._opened: list[StatePeer] = []
+        self._kept: list[object] = []
+
+    def open(self) -> StatePeer:
+        peer = STATE_SYSTEMS[self.system]()
+        peer.open(self.directory)
+        self._opened.append(peer)
+        return peer
+
+    def keep(self, loaded: object) -> None:
+        self._kept.append(loaded)
+
+    def close_all(self) -> None:
+        self._kept.clear()
+        opened, self._opened = self._opened, []
+        for peer in reversed(opened):
+            peer.close()
+
+    def load_once(self, workflow_id: str) -> WorkflowState:
+        """Untimed: open, load ``workflow_id``, close (to check what the rounds read)."""
+        try:
+            return self.open().load(workflow_id)
+        finally:
+            self.close_all()
+
+
+def _record_median(benchmark: Benchmark, key: str, system: str) -> None:
+    """Report the median round of ``benchmark`` for store row ``key``, in ms."""
+    if benchmark.stats is None:  # --benchmark-disable: ran once, nothing measured
+        return
+    median_ms = benchmark.stats["median"] * 1e3
+    benchmark.extra_info["median_ms"] = round(median_ms, 2)
+    report.RESULTS.record(key, system, median_ms)
+
+
+@pytest.mark.benchmark(group="P3")
+@pytest.mark.parametrize("system", ALL_SYSTEMS)
+def test_p3_save_big_state(
+    benchmark: Benchmark,
+    open_state_peer: OpenStatePeer,
+    big_state: WorkflowState,
+    system: str,
+) -> None:
+    """One durable save of the big state into an open store that already holds it.
+
+    Every system saves the same ``WorkflowState`` object each round and encodes it itself
+    (wfstate: ``LocalStore.save``; the peers: ``msgspec.json`` then their write). Warm-up
+    rounds take each system past its first save, into the steady state of a long-running one.
+    """
+    peer = open_state_peer(system)
+    benchmark.pedantic(peer.save, args=(big_state,), rounds=P3_ROUNDS, warmup_rounds=P3_WARMUP)
+    saved = peer.load(big_state.workflow.id)
+    assert saved.outputs == big_state.outputs
+    _record_median(benchmark, "P3", system)
+
+
+@pytest.mark.benchmark(group="P4")
+@pytest.mark.parametrize("system", ALL_SYSTEMS)
+def test_p4_load_big_state(
+    benchmark: Benchmark, tmp_path: Path, big_state: WorkflowState, system: str
+) -> None:
+    """Load the big state with a fresh handle: open the store that holds it (saved once, as
+    by P3, then closed), then ``load`` it. JSON: read + decode the file; SQLite: connect,
+    select, decode."""
+    handles = FreshHandles(system, str(tmp_path / system))
+    report.RESULTS.data_dir = str(tmp_path)
+    try:
+        handles.open().save(big_state)
+    finally:
+        handles.close_all()
+    wid = big_state.workflow.id
+
+    def open_and_load() -> int:
+        state = handles.open().load(wid)
+        handles.keep(state)
+        return len(state.outputs)
+
+    loaded = benchmark.pedantic(
+        open_and_load, teardown=handles.close_all, rounds=P4_ROUNDS, warmup_rounds=P4_WARMUP
+    )
+    assert loaded == len(big_state.outputs)
+    assert handles.load_once(wid).outputs == big_state.outputs
+    _record_median(benchmark, "P4", system)
+
+
+@pytest.mark.benchmark(group="P5")
+@pytest.mark.parametrize("system", BIG_STORE_SYSTEMS)
+def test_p5_materialize_big_store(benchmark: Benchmark, big_store: BigStore, system: str) -> None:
+    """Reopen the big store and load every workflow it lists (JSON: list the directory, read
+    and decode every file)."""
+    handles = FreshHandles(system, big_store.directory(system))
+
+    def materialize() -> tuple[int, int]:
+        peer = handles.open()
+        states = [peer.load(w) for w in peer.list_workflows()]
+        handles.keep(states)
+        return len(states), sum(len(s.outputs) for s in states)
+
+    loaded = benchmark.pedantic(
+        materialize, teardown=handles.close_all, rounds=P5_ROUNDS, warmup_rounds=P5_WARMUP
+    )
+    assert loaded == (big_store.workflows, big_store.mutations)
+    benchmark.extra_info["big_store"] = big_store.label()
+    _record_median(benchmark, "P5", system)
+
+
+@pytest.mark.benchmark(group="P5b")
+@pytest.mark.parametrize("system", BIG_STORE_SYSTEMS)
+def test_p5b_first_read_big_store(benchmark: Benchmark, big_store: BigStore, system: str) -> None:
+    """Reopen the big store until its first workflow is read: open + one ``load`` (JSON: read
+    and decode one file)."""
+    handles = FreshHandles(system, big_store.directory(system))
+    first = big_store.first_workflow
+
+    def open_and_load_first() -> int:
+        state = handles.open().load(first)
+        handles.keep(state)
+        return len(state.outputs)
+
+    outputs = benchmark.pedantic(
+        open_and_load_first,
+        teardown=handles.close_all,
+        rounds=P5B_ROUNDS,
+        warmup_rounds=P5B_WARMUP,
+    )
+    assert outputs == big_store.per_workflow
+    benchmark.extra_info["big_store"] = big_store.label()
+    _record_median(benchmark, "P5b", system)
+
+
+@pytest.mark.benchmark(group="P7")
+@pytest.mark.parametrize("system", ALL_SYSTEMS)
+def test_p7_rss_growth_big_store_open(
+    benchmark: Benchmark, big_store: BigStore, system: str
+) -> None:
+    """RSS growth of a fresh process when it opens the big store (``bench/rss_probe.py``).
+
+    wfstate: ``LocalStore.open``, then also one ``load``; json_rewrite: every JSON file decoded
+    and held; sqlite_full: a connection to SQLite holding the same mutations. The time
+    pytest-benchmark shows is the whole probe process (start-up, imports, open): not a target.
+    """
+    probe = benchmark.pedantic(run_in_subprocess, args=(system, big_store), rounds=1)
+    open_mb = probe.open_growth_kib * _KIB_TO_MB
+    peak_mb = probe.peak_growth_kib * _KIB_TO_MB
+    benchmark.extra_info.update(
+        rss_before_kib=probe.before_kib,
+        rss_open_growth_mb=round(open_mb, 1),
+        rss_peak_growth_mb=round(peak_mb, 1),
+        rss_source=probe.source,
+        big_store=big_store.label(),
+    )
+    report.RESULTS.record("P7", system, open_mb)
+    report.RESULTS.record("P7 peak", system, peak_mb)
+    loaded = probe.first_load_growth_kib
+    if loaded is not None:
+        load_mb = loaded * _KIB_TO_MB
+        benchmark.extra_info["rss_first_load_growth_mb"] = round(load_mb, 1)
+        report.RESULTS.record("P7+load", system, load_mb)
