@@ -4,14 +4,22 @@ commit, poisoning and input validation."""
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.bytesutil import flip_bit
 from tests.fsdoubles import FailingFS, RecordingFS
-from wfstate.errors import ClosedError, StorePoisonedError, ValidationError
+from wfstate.errors import (
+    ClosedError,
+    CorruptionError,
+    NotFoundError,
+    StorePoisonedError,
+    ValidationError,
+)
 from wfstate.format import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD, FLAG_AFTER_SYNC, parse_segment_name
 from wfstate.fs import OS_FS
 from wfstate.wal import Compression, Log, LogScan, list_segments
@@ -353,3 +361,30 @@ def test_open_reads_only_the_last_segment_and_only_once(tmp_path: Path) -> None:
     with Log.open(wal, fs=fs) as log:
         assert [d.kind for d in log.recovery] == ["torn_tail"]
     assert fs.whole_reads == [segments[-1].path]
+
+
+def noise(i: int) -> bytes:
+    return random.Random(i).randbytes(600)  # incompressible: segments fill predictably
+
+
+def test_read_at_finds_records_read_written_and_followed_and_verifies_them(
+    tmp_path: Path,
+) -> None:
+    wal = str(tmp_path / "wal")
+    with Log.open(wal, segment_size=4096) as log:
+        for i in range(12):
+            log.append(noise(i))
+    with Log.open(wal, segment_size=4096) as log, Log.open(wal, segment_size=4096) as other:
+        with pytest.raises(NotFoundError):
+            log.read_at(3)  # not read yet by this handle
+        assert [r.lsn for r in log.read()] == list(range(1, 13))
+        log.append(noise(12))
+        other.append(noise(13))
+        log.follow()
+        assert len(list_segments(OS_FS, wal)) > 1
+        for lsn in (1, 7, 12, 13, 14):
+            assert log.read_at(lsn).payload == noise(lsn - 1)
+        seg = list_segments(OS_FS, wal)[0].path
+        flip_bit(seg, 8 * 100)  # inside record 1
+        with pytest.raises(CorruptionError, match="no longer verifies"):
+            log.read_at(1)

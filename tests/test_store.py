@@ -26,6 +26,7 @@ from wfstate.fs import OS_FS
 from wfstate.model import JSONValue, WorkflowStep
 from wfstate.mutations import (
     CreateWorkflow,
+    DeleteWorkflow,
     Mutation,
     PutStepOutput,
     SetStepStatus,
@@ -284,3 +285,75 @@ def test_a_logged_batch_that_cannot_apply_is_reported_as_corruption(tmp_path: Pa
         lsn = log.append(bad, record_type=RECORD_BATCH)
     with pytest.raises(CorruptionError, match=f"batch at LSN {lsn} does not apply"):
         LocalStore.open(str(path))
+
+
+# -- lazy materialization (local) ---------------------------------------------------------------
+def _history(store: Store) -> None:
+    """Commits touching several workflows, with deletes and a re-creation in one batch."""
+    store.commit([create("a", steps=6), create("b"), create("c")])
+    for i in range(6):
+        out = PutStepOutput(workflow_id="b", step_id="s1", data=[i], at=0)
+        store.commit([*run_step("a", f"s{i}", i), out])
+        store.commit([PutStepOutput(workflow_id="c", step_id="s0", data={"i": i}, at=0)])
+    store.commit([DeleteWorkflow(workflow_id="b", at=0), create("b", steps=3)])
+    store.commit(run_step("b", "s2", "again"))
+    store.delete("c")
+
+
+def test_opening_builds_no_state_and_reads_build_exactly_the_committed_ones(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "store")
+    with LocalStore.open(path, clock=ticking_clock()) as store:
+        _history(store)
+        committed = {w: store.load(w) for w in store.list_workflows()}
+    assert sorted(committed) == ["a", "b"]
+    for cache_bytes in (0, 10**9):
+        with LocalStore.open(path, cache_bytes=cache_bytes) as store:
+            assert store._table.cached == []  # nothing materialized by opening
+            assert store.list_workflows() == ["a", "b"]
+            assert {w: store.load(w) for w in ["b", "a"]} == committed
+            assert len(store._table.cached) == (1 if cache_bytes == 0 else 2)
+
+
+def test_a_small_cache_gives_the_same_states_as_an_unbounded_one(tmp_path: Path) -> None:
+    with (
+        LocalStore.open(str(tmp_path / "small"), cache_bytes=0, clock=ticking_clock()) as small,
+        LocalStore.open(str(tmp_path / "big"), clock=ticking_clock()) as big,
+    ):
+        _history(small)  # every commit validates against states rebuilt from the log
+        _history(big)
+        assert len(small._table.cached) <= 1
+        assert {w: small.load(w) for w in ["a", "b"]} == {w: big.load(w) for w in ["a", "b"]}
+
+
+def test_another_handles_commits_reach_cached_and_evicted_states(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    with LocalStore.open(path) as writer, LocalStore.open(path, cache_bytes=0) as reader:
+        writer.commit([create("a"), create("b")])
+        assert reader.load("a").metadata.version == 1  # cached in reader; b is not
+        writer.commit(run_step("a", "s0", 1) + run_step("b", "s0", 2))
+        assert reader.load("a") == writer.load("a")  # brought forward in the cache
+        assert reader.load("b") == writer.load("b")  # rebuilt from the log
+        writer.commit([DeleteWorkflow(workflow_id="a", at=0)])
+        assert reader.list_workflows() == ["b"]
+        with pytest.raises(NotFoundError):
+            reader.load("a")
+
+
+def test_a_logged_step_change_that_cannot_apply_is_corruption_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with Log.open(str(path / WAL_DIR)) as log:
+        log.append(encode_mutations([create("w1")]), record_type=RECORD_BATCH)
+        bad = SetStepStatus(workflow_id="w1", step_id="nope", status="running", at=0)
+        lsn = log.append(encode_mutations([bad]), record_type=RECORD_BATCH)
+    store = LocalStore.open(str(path))  # opening only indexes batches
+    with store, pytest.raises(CorruptionError, match=f"batch at LSN {lsn} does not apply"):
+        store.load("w1")
+
+
+@pytest.mark.parametrize("cache_bytes", [-1, 1.5, True, "1"])
+def test_a_bad_cache_budget_is_refused(tmp_path: Path, cache_bytes: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        LocalStore.open(str(tmp_path / "s"), cache_bytes=cache_bytes)  # type: ignore[arg-type]
+    assert info.value.field == "cache_bytes"

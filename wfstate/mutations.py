@@ -318,6 +318,45 @@ def decode_mutations(data: bytes, *, upgrades: SchemaUpgrades = BATCH_UPGRADES) 
     return batch
 
 
+class _Target(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    op: str
+    workflow_id: str
+
+
+class _TargetDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    v: int
+    m: list[_Target]
+
+
+_TARGETS_DECODER: Final = msgspec.msgpack.Decoder(_TargetDocument)
+CREATE_OP: Final = "create_workflow"
+DELETE_OP: Final = "delete_workflow"
+"""The ``op`` tags of :class:`CreateWorkflow` and :class:`DeleteWorkflow`."""
+assert CreateWorkflow.__struct_config__.tag == CREATE_OP
+assert DeleteWorkflow.__struct_config__.tag == DELETE_OP
+
+
+def batch_targets(
+    data: bytes, *, upgrades: SchemaUpgrades = BATCH_UPGRADES
+) -> list[tuple[str, str]]:
+    """``(op, workflow_id)`` of each mutation of a logged batch document, in order.
+
+    What a store needs to know which workflows a batch touched, at a fraction of the cost of
+    :func:`decode_mutations` (the rest of each mutation is skipped, not built). For a document
+    of another schema version this is :func:`decode_mutations` (with its errors) reduced.
+    """
+    try:
+        document = _TARGETS_DECODER.decode(data)
+    except msgspec.MsgspecError:
+        document = None
+    if document is None or document.v != SCHEMA_VERSION:
+        return [
+            (type(m).__struct_config__.tag, m.workflow_id)  # type: ignore[misc]
+            for m in decode_mutations(data, upgrades=upgrades)
+        ]
+    return [(t.op, t.workflow_id) for t in document.m]
+
+
 def _check_embedded_versions(batch: Sequence[object], version: int) -> None:
     """Every state a ``ReplaceState`` of ``batch`` embeds must name schema ``version``."""
     for i, m in enumerate(batch):

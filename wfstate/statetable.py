@@ -9,8 +9,10 @@ backend only how a batch is logged and when it is durable.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from typing import Final
 
 import msgspec
 
@@ -18,6 +20,8 @@ from wfstate.errors import ClosedError, NotFoundError, ValidationError
 from wfstate.ids import validate_id
 from wfstate.model import WorkflowState
 from wfstate.mutations import (
+    CREATE_OP,
+    DELETE_OP,
     CreateWorkflow,
     DeleteWorkflow,
     Mutation,
@@ -27,20 +31,60 @@ from wfstate.mutations import (
 )
 
 Clock = Callable[[], float]
-BatchLogger = Callable[[list["Mutation"]], int]
+BatchLogger = Callable[[list["Mutation"]], tuple[int, int]]
+"""Logs a validated, stamped batch; returns its LSN and its logged (raw) size."""
+
+
+Materializer = Callable[[str, Sequence[tuple[int, int]]], WorkflowState]
+"""Rebuilds a workflow's state from its entries: for each batch since the workflow was (last)
+created, ``(lsn, skip)``: that batch's mutations of the workflow, less the first ``skip``."""
+
+DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
 
 
 class StateTable:
-    """Workflow id → committed state, with the LSN of the batch that last changed it."""
+    """Workflow id → committed state, materialized on demand and cached within a budget.
 
-    def __init__(self) -> None:
-        self._states: dict[str, WorkflowState] = {}
+    For every live workflow the table keeps only its *entries* (the LSNs of the batches that
+    built it since it was created, see :data:`Materializer`) and an estimate of its size (the
+    raw sizes of those batches). States are materialized by ``materialize`` when first read
+    and kept in a least-recently-used cache of about ``cache_bytes`` (by that estimate; the
+    state last used always stays). So a store with many workflows opens without building any
+    state and holds only the states in use. Without ``materialize`` (the memory backend) every
+    state stays cached. A materialized state is the same, field for field, as the state the
+    commits produced (``tests/test_store.py`` checks a lazy table against an eager one).
+    """
+
+    def __init__(
+        self, materialize: Materializer | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
+        self._materialize = materialize
+        self._budget = cache_bytes if materialize is not None else None
+        self._entries: dict[str, list[tuple[int, int]]] = {}
+        self._weight: dict[str, int] = {}
+        self._cache: OrderedDict[str, WorkflowState] = OrderedDict()
+        self._cached_bytes = 0
 
     def get(self, workflow_id: str) -> WorkflowState | None:
-        return self._states.get(workflow_id)
+        """The committed state of ``workflow_id`` (None: absent), materialized if need be."""
+        state = self._cache.get(workflow_id)
+        if state is not None:
+            self._cache.move_to_end(workflow_id)
+            return state
+        entries = self._entries.get(workflow_id)
+        if entries is None or self._materialize is None:
+            return None
+        state = self._materialize(workflow_id, entries)
+        self._remember(workflow_id, state)
+        return state
 
     def ids(self) -> list[str]:
-        return sorted(self._states)
+        return sorted(self._entries)
+
+    @property
+    def cached(self) -> list[str]:
+        """Ids of the states held materialized, least recently used first."""
+        return list(self._cache)
 
     def prepare(
         self, batch: Sequence[Mutation], now: float
@@ -55,20 +99,76 @@ class StateTable:
         if not batch:
             raise ValidationError("mutations", "a batch needs at least one mutation")
         stamped = [_stamp(m, now, i) for i, m in enumerate(batch)]
-        return stamped, apply_batch(self._states, stamped)
+        return stamped, apply_batch(_Materialized(self), stamped)
 
-    def install(self, results: dict[str, WorkflowState | None], lsn: int) -> None:
-        """Make the states a prepared batch produced current, stamped with its ``lsn``."""
+    def install(
+        self, batch: Sequence[Mutation], results: dict[str, WorkflowState | None], lsn: int,
+        size: int,
+    ) -> None:  # fmt: skip
+        """Make the states a prepared batch produced current, stamped with its ``lsn``
+        (``size``: its logged size, for the cache estimate)."""
+        self._note(_targets(batch), lsn, size)
         for workflow_id, state in results.items():
-            if state is None:
-                self._states.pop(workflow_id, None)
-            else:
-                metadata = msgspec.structs.replace(state.metadata, last_lsn=lsn)
-                self._states[workflow_id] = msgspec.structs.replace(state, metadata=metadata)
+            if state is not None:
+                self._remember(workflow_id, stamped_with(state, lsn))
 
-    def replay(self, batch: Sequence[Mutation], lsn: int) -> None:
-        """Apply a batch read back from the log (already stamped and validated) at ``lsn``."""
-        self.install(replay_batch(self._states, batch), lsn)
+    def replay(
+        self, targets: Sequence[tuple[str, str]], lsn: int, size: int,
+        decode: Callable[[], Sequence[Mutation]],
+    ) -> None:  # fmt: skip
+        """Take a committed batch read from the log: ``targets`` are its ``(op, workflow_id)``
+        pairs; ``decode`` gives its mutations, called only if a workflow it touched is cached
+        (their cached states are brought forward; the others are only indexed)."""
+        touched = {workflow_id for _op, workflow_id in targets}
+        cached = {w: self._cache[w] for w in touched if w in self._cache}
+        self._note(targets, lsn, size)
+        if not cached:
+            return
+        mutations = [m for m in decode() if m.workflow_id in cached]
+        for workflow_id, state in replay_batch(cached, mutations).items():
+            if state is not None and workflow_id in self._entries:
+                self._remember(workflow_id, stamped_with(state, lsn))
+
+    def _note(self, targets: Sequence[tuple[str, str]], lsn: int, size: int) -> None:
+        """Record that the batch ``lsn`` touched the workflows in ``targets``."""
+        ops: dict[str, list[str]] = {}
+        for op, workflow_id in targets:
+            ops.setdefault(workflow_id, []).append(op)
+        for workflow_id, kinds in ops.items():
+            if DELETE_OP not in kinds:
+                _check_existence(workflow_id, kinds, workflow_id in self._entries, lsn)
+                self._entries.setdefault(workflow_id, []).append((lsn, 0))
+                self._weigh(workflow_id, self._weight.get(workflow_id, 0) + size)
+                continue
+            last_delete = len(kinds) - 1 - kinds[::-1].index(DELETE_OP)
+            _check_existence(workflow_id, kinds[:1], workflow_id in self._entries, lsn)
+            self._forget(workflow_id)
+            if last_delete < len(kinds) - 1:  # created again in the same batch
+                _check_existence(workflow_id, kinds[last_delete + 1 :], False, lsn)
+                self._entries[workflow_id] = [(lsn, last_delete + 1)]
+                self._weigh(workflow_id, size)
+
+    def _weigh(self, workflow_id: str, weight: int) -> None:
+        if workflow_id in self._cache:
+            self._cached_bytes += weight - self._weight.get(workflow_id, 0)
+        self._weight[workflow_id] = weight
+
+    def _forget(self, workflow_id: str) -> None:
+        self._entries.pop(workflow_id, None)
+        if self._cache.pop(workflow_id, None) is not None:
+            self._cached_bytes -= self._weight.get(workflow_id, 0)
+        self._weight.pop(workflow_id, None)
+
+    def _remember(self, workflow_id: str, state: WorkflowState) -> None:
+        if workflow_id not in self._cache:
+            self._cached_bytes += self._weight.get(workflow_id, 0)
+        self._cache[workflow_id] = state
+        self._cache.move_to_end(workflow_id)
+        if self._budget is None:
+            return
+        while self._cached_bytes > self._budget and len(self._cache) > 1:
+            evicted, _ = self._cache.popitem(last=False)
+            self._cached_bytes -= self._weight.get(evicted, 0)
 
     def save_batch(self, state: WorkflowState, now: float) -> list[Mutation]:
         """The batch that stores ``state`` whole: replace it, creating the workflow first if
@@ -77,7 +177,7 @@ class StateTable:
             raise ValidationError("state", f"must be a WorkflowState, not {type(state).__name__}")
         workflow_id = state.workflow.id
         batch: list[Mutation] = []
-        if workflow_id not in self._states:
+        if workflow_id not in self._entries:
             fresh = tuple(
                 msgspec.structs.replace(
                     s, status="pending", attempts=0, started_at=None, ended_at=None, error=None
@@ -97,9 +197,47 @@ class StateTable:
         return batch
 
     def delete_batch(self, workflow_id: str, now: float) -> list[Mutation]:
-        if workflow_id not in self._states:
+        if workflow_id not in self._entries:
             raise NotFoundError(f"workflow_id: no workflow {workflow_id!r}")
         return [DeleteWorkflow(workflow_id=workflow_id, at=now)]
+
+
+class _Materialized(Mapping[str, WorkflowState]):
+    """The table as the mapping ``apply_batch`` reads, materializing what it looks up."""
+
+    def __init__(self, table: StateTable) -> None:
+        self._table = table
+
+    def __getitem__(self, workflow_id: str) -> WorkflowState:
+        state = self._table.get(workflow_id)
+        if state is None:
+            raise KeyError(workflow_id)
+        return state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table.ids())
+
+    def __len__(self) -> int:
+        return len(self._table.ids())
+
+
+def _check_existence(workflow_id: str, ops: list[str], exists: bool, lsn: int) -> None:
+    """A logged batch can only create an absent workflow and only change an existing one;
+    anything else means the log does not describe one history (the caller reports it)."""
+    if not exists and ops[0] != CREATE_OP:
+        raise NotFoundError(f"batch {lsn}: workflow_id: no workflow {workflow_id!r} to {ops[0]}")
+    if exists and ops[0] == CREATE_OP:
+        raise ValidationError("workflow_id", f"batch {lsn} creates {workflow_id!r} again")
+
+
+def _targets(batch: Sequence[Mutation]) -> list[tuple[str, str]]:
+    return [(type(m).__struct_config__.tag, m.workflow_id) for m in batch]  # type: ignore[misc]
+
+
+def stamped_with(state: WorkflowState, lsn: int) -> WorkflowState:
+    """``state`` with ``metadata.last_lsn`` set to ``lsn``."""
+    metadata = msgspec.structs.replace(state.metadata, last_lsn=lsn)
+    return msgspec.structs.replace(state, metadata=metadata)
 
 
 def _stamp(m: Mutation, now: float, index: int) -> Mutation:
@@ -175,8 +313,8 @@ class TableStore:
             with self._writing() as log_batch:
                 now = self._clock()
                 stamped, results = self._table.prepare(build(now), now)
-                lsn = log_batch(stamped)
-                self._table.install(results, lsn)
+                lsn, size = log_batch(stamped)
+                self._table.install(stamped, results, lsn, size)
         self._wait_durable(lsn)
         return lsn
 

@@ -27,16 +27,29 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from wfstate.errors import CorruptionError, NotFoundError, ValidationError
 from wfstate.format import LOCK_FILE, RECORD_BATCH, WAL_DIR
 from wfstate.fs import OS_FS, FileSystem, make_dirs
-from wfstate.model import SCHEMA_VERSION
-from wfstate.mutations import Mutation, decode_mutations, encode_mutations
+from wfstate.model import SCHEMA_VERSION, WorkflowState
+from wfstate.mutations import (
+    Mutation,
+    batch_targets,
+    decode_mutations,
+    encode_mutations,
+    replay_batch,
+)
 from wfstate.schema import BATCH_UPGRADES, SchemaUpgrades
-from wfstate.statetable import BatchLogger, Clock, StateTable, TableStore
+from wfstate.statetable import (
+    DEFAULT_CACHE_BYTES,
+    BatchLogger,
+    Clock,
+    StateTable,
+    TableStore,
+    stamped_with,
+)
 from wfstate.wal import Compression, Durability, Log, Record, RecoveryMode
 from wfstate.wal.log import DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE
 
@@ -62,6 +75,7 @@ class LocalStore(TableStore):
         mode: RecoveryMode = "tolerate_torn_tail",
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         upgrades: SchemaUpgrades = BATCH_UPGRADES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         clock: Clock = time.time,
         fs: FileSystem = OS_FS,
     ) -> LocalStore:
@@ -72,7 +86,9 @@ class LocalStore(TableStore):
         ``tolerate_torn_tail`` may discard valid records: use them only when no other process
         has the store open (docs/format.md §8). ``upgrades``: how batches written under older
         schema versions are read (:mod:`wfstate.schema`); its chain must end at the current
-        ``SCHEMA_VERSION``.
+        ``SCHEMA_VERSION``. ``cache_bytes``: about how much workflow state to keep
+        materialized (estimated by the size of the batches that built it); states are built
+        from the log when first read, so opening builds none.
         """
         if not isinstance(path, str) or not path:
             raise ValidationError("path", "must be a non-empty str")
@@ -82,9 +98,11 @@ class LocalStore(TableStore):
             raise ValidationError(
                 "upgrades", f"the chain ends at version {upgrades.current}, not {SCHEMA_VERSION}"
             )
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValidationError("cache_bytes", f"must be an int >= 0, not {cache_bytes!r}")
         make_dirs(fs, path)
-        table = StateTable()
         wal_dir = os.path.join(path, WAL_DIR)
+        tables: list[StateTable] = []  # the table exists once the log does
         log = Log.open(
             wal_dir,
             durability=durability,
@@ -92,11 +110,16 @@ class LocalStore(TableStore):
             compression=compression,
             max_record_size=max_record_size,
             mode=mode,
-            on_foreign=lambda record: _apply(table, wal_dir, record, upgrades),
+            on_foreign=lambda record: _apply(tables[0], wal_dir, record, upgrades),
             lock_path=os.path.join(path, LOCK_FILE),
             lock_timeout=lock_timeout,
             fs=fs,
         )
+        table = StateTable(
+            lambda workflow_id, entries: _materialize(log, workflow_id, entries, upgrades),
+            cache_bytes=cache_bytes,
+        )
+        tables.append(table)
         try:
             for record in log.read():
                 _apply(table, wal_dir, record, upgrades)
@@ -109,9 +132,10 @@ class LocalStore(TableStore):
     def _writing(self) -> Iterator[BatchLogger]:
         with self._log.writing() as writer:
 
-            def log_batch(stamped: list[Mutation]) -> int:
+            def log_batch(stamped: list[Mutation]) -> tuple[int, int]:
+                payload = encode_mutations(stamped)
                 try:
-                    return writer.enqueue(encode_mutations(stamped), record_type=RECORD_BATCH)
+                    return writer.enqueue(payload, record_type=RECORD_BATCH), len(payload)
                 except ValidationError as exc:  # too large: name the input, not the log's
                     raise ValidationError("mutations", exc.message) from exc
 
@@ -136,14 +160,40 @@ class LocalStore(TableStore):
 
 
 def _apply(table: StateTable, wal_dir: str, record: Record, upgrades: SchemaUpgrades) -> None:
-    """Apply one committed batch read from the log (replay at open, or another process's)."""
+    """Take one committed batch read from the log (replay at open, or another process's)."""
     if record.type != RECORD_BATCH:
         raise CorruptionError(
             wal_dir, 0, f"record LSN {record.lsn} has type {record.type}, not a batch"
         )
+    payload = record.payload
     try:
-        table.replay(decode_mutations(record.payload, upgrades=upgrades), record.lsn)
+        table.replay(
+            batch_targets(payload, upgrades=upgrades),
+            record.lsn,
+            len(payload),
+            lambda: decode_mutations(payload, upgrades=upgrades),
+        )
     except (ValidationError, NotFoundError) as exc:
         raise CorruptionError(
             wal_dir, 0, f"batch at LSN {record.lsn} does not apply: {exc}"
         ) from exc
+
+
+def _materialize(
+    log: Log, workflow_id: str, entries: Sequence[tuple[int, int]], upgrades: SchemaUpgrades
+) -> WorkflowState:
+    """Rebuild ``workflow_id`` by applying its part of each of its batches, read by position."""
+    state: WorkflowState | None = None
+    for lsn, skip in entries:
+        payload = log.read_at(lsn).payload
+        try:
+            mine = [m for m in decode_mutations(payload, upgrades=upgrades)
+                    if m.workflow_id == workflow_id][skip:]  # fmt: skip
+            state = replay_batch({workflow_id: state} if state else {}, mine)[workflow_id]
+        except (ValidationError, NotFoundError, KeyError) as exc:
+            raise CorruptionError(
+                log.path, 0, f"batch at LSN {lsn} does not apply to {workflow_id!r}: {exc}"
+            ) from exc
+    if state is None:
+        raise CorruptionError(log.path, 0, f"the batches of {workflow_id!r} leave it deleted")
+    return stamped_with(state, entries[-1][0])

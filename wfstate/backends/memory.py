@@ -23,9 +23,9 @@ class MemoryStore(TableStore):
     def _writing(self) -> AbstractContextManager[BatchLogger]:
         return nullcontext(self._log_batch)
 
-    def _log_batch(self, stamped: list[Mutation]) -> int:
+    def _log_batch(self, stamped: list[Mutation]) -> tuple[int, int]:
         self._last_lsn += 1
-        return self._last_lsn
+        return self._last_lsn, 0
 
     def _catch_up(self) -> None:
         return

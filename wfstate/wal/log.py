@@ -40,6 +40,7 @@ from wfstate.errors import (
     ClosedError,
     CorruptionError,
     LockTimeoutError,
+    NotFoundError,
     StorePoisonedError,
     ValidationError,
 )
@@ -60,6 +61,7 @@ from wfstate.format import (
 )
 from wfstate.fs import OS_FS, FileSystem, make_dirs
 from wfstate.wal.codec import Compression, compress
+from wfstate.wal.index import RecordIndex, read_record_at
 from wfstate.wal.reader import (
     DamageCallback,
     LogDamage,
@@ -118,6 +120,7 @@ class Log:
         self._polling = False  # one thread at a time polls for the lock
         self._yielding = False
         self._resume_at = 0.0  # after yielding, do not take the lock back before this
+        self._index = RecordIndex()  # records read, written or followed by this handle
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -504,9 +507,13 @@ class Log:
             hinted = unpack_hint(self._fs.read_lock_data(self._lock, HINT_SIZE), self.epoch)
             if hinted is not None:
                 self._durable_lsn = max(self._durable_lsn, min(hinted, last))
+        for passed in found.records:
+            self._index.add(
+                passed.segment, passed.record.lsn, passed.offset, passed.size, passed.seed
+            )
         if self._on_foreign is not None:
-            for record in found.records:
-                self._on_foreign(record)
+            for passed in found.records:
+                self._on_foreign(passed.record)
 
     def _move_to(self, tail: TailPosition) -> None:
         self._segment = tail.segment
@@ -592,8 +599,10 @@ class Log:
         # this leader started; otherwise only if nothing was written since the last sync.
         after_sync = self._durable_lsn == first_lsn - 1
         seed = self._seed
+        offset = self._segment_bytes
         parts: list[bytes] = []
         for lsn, rtype, codec, raw_length, body in batch:
+            previous = seed
             framed, seed = frame_record(
                 seed=seed,
                 lsn=lsn,
@@ -605,6 +614,8 @@ class Log:
             )
             after_sync = False
             parts.append(framed)
+            self._index.add(self._segment, lsn, offset, len(framed), previous)
+            offset += len(framed)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._fs.write(self._fd, data)
         self._seed = seed
@@ -715,7 +726,18 @@ class Log:
             on_damage=self._on_damage,
             epoch=self.epoch,
         )
-        return scan.records()
+        return scan.records(located=self._index.add)
+
+    def read_at(self, lsn: int) -> Record:
+        """Record ``lsn``, read by position and verified by its chain seed.
+
+        The record must be one this handle read (:meth:`read`), wrote or caught up on;
+        ``NotFoundError`` otherwise. ``CorruptionError`` if the bytes at its place changed.
+        """
+        where = self._index.locate(lsn)
+        if where is None:
+            raise NotFoundError(f"lsn: record {lsn} is not known to this handle")
+        return read_record_at(self._fs, lsn, where)
 
 
 class LogWriter:

@@ -99,6 +99,7 @@ def list_segments(fs: FileSystem, wal_dir: str) -> list[SegmentFile]:
 
 
 DamageCallback = Callable[[LogDamage], None]
+LocatedCallback = Callable[[SegmentFile, int, int, int, int], None]
 
 
 class LogScan:
@@ -147,14 +148,17 @@ class LogScan:
         if self._on_damage is not None:
             self._on_damage(damage)
 
-    def records(self) -> Iterator[Record]:
+    def records(self, *, located: LocatedCallback | None = None) -> Iterator[Record]:
         """Each valid record with LSN in ``[from_lsn, to_lsn]``, payload decompressed.
 
         A record that verifies but does not decompress is corruption (a writer bug or a
         checksum collision): raised; under ``point_in_time`` reading ends there, under
-        ``skip_corrupted`` it is skipped. Either way it is reported.
+        ``skip_corrupted`` it is skipped. Either way it is reported. ``located(segment, lsn,
+        offset, size, seed)`` is told where each record yielded is (to index it).
         """
         for seg, buf, offset, h, seed in self._scan():
+            if located is not None:
+                located(seg, h.lsn, offset, h.size, seed)
             body = memoryview(buf)[offset + 32 : offset + 32 + h.length]
             try:
                 payload = decompress(h.codec, body, h.raw_length)

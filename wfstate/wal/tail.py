@@ -43,12 +43,23 @@ from wfstate.wal.segment import (
 )
 
 
+class Passed(NamedTuple):
+    """A record :func:`follow` passed, and where it is."""
+
+    record: Record
+    """Its payload is decompressed only when asked for (else empty)."""
+    segment: SegmentFile
+    offset: int
+    size: int
+    seed: int
+
+
 class Followed(NamedTuple):
     """Where the log ends now, what was read to get there, and what was repaired."""
 
     tail: TailPosition
-    records: list[Record]
-    """The records passed, in LSN order, payloads decompressed (empty unless asked for)."""
+    records: list[Passed]
+    """The records passed, in LSN order."""
     damage: list[LogDamage]
 
 
@@ -57,12 +68,12 @@ def follow(
 ) -> Followed:
     """Advance ``tail`` over every valid record appended after it (module docstring).
 
-    ``decode``: also return the records, decompressed. ``CorruptionError`` when the log is no
-    longer the one ``tail`` was read from (it is shorter than ``tail``), when a segment after it
-    does not continue the chain, or (``repair``) when the bytes after the valid end are damage
-    to durable data rather than a torn write.
+    ``decode``: decompress the payloads of the records passed. ``CorruptionError`` when the
+    log is no longer the one ``tail`` was read from (it is shorter than ``tail``), when a
+    segment after it does not continue the chain, or (``repair``) when the bytes after the
+    valid end are damage to durable data rather than a torn write.
     """
-    records: list[Record] = []
+    records: list[Passed] = []
     damage: list[LogDamage] = []
     while True:
         seg = tail.segment
@@ -77,14 +88,18 @@ def follow(
         if size > tail.offset:
             buf = fs.read_range(seg.path, tail.offset, size - tail.offset)
             cur = Cursor(0, tail.seed, tail.next_lsn)
+            seed = tail.seed
             for offset, h in walk(buf, cur):
+                payload = b""
                 if decode:
                     body = memoryview(buf)[offset + RECORD_HEADER_SIZE :][: h.length]
                     try:
                         payload = decompress(h.codec, body, h.raw_length)
                     except ValueError as exc:
                         raise CorruptionError(seg.path, tail.offset + offset, str(exc)) from exc
-                    records.append(Record(h.lsn, h.type, payload))
+                record = Record(h.lsn, h.type, payload)
+                records.append(Passed(record, seg, tail.offset + offset, h.size, seed))
+                seed = h.checksum
             end = tail.offset + cur.offset
             tail = TailPosition(seg, end, cur.seed, cur.lsn, tail.epoch)
             if cur.reason is not None:
