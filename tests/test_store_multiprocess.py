@@ -266,3 +266,61 @@ def test_the_reader_reports_what_cannot_be(
             store, procs=run.procs, claim_every=run.claim_every, should_stop=lambda: next(rounds),
             emit=lambda _e: None,
         )  # fmt: skip
+
+
+# -- the acceptance tests of multi-process writers ---------------------------------------------
+
+
+def test_four_writer_processes_and_a_reader_share_one_store(
+    tmp_path: Path, crash_report: list[str]
+) -> None:
+    run = run_processes(
+        tmp_path, procs=PROCS, commits=COMMITS, claim_every=CLAIM_EVERY, reader=True
+    )
+    verify(tmp_path, run, "4 processes + reader", crash_report, min_seen=3)
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_a_writer_process_killed_mid_run_loses_only_its_unacknowledged_batch(
+    tmp_path: Path, crash_report: list[str], seed: int
+) -> None:
+    run = run_processes(tmp_path, procs=3, commits=COMMITS, claim_every=CLAIM_EVERY, kill_seed=seed)
+    assert len(run.killed) == 1, f"the kill came too late: {run.note}"
+    verify(tmp_path, run, "3 processes, 1 killed", crash_report)
+
+
+def test_processes_opening_a_fresh_store_race_to_create_one_workflow(
+    tmp_path: Path, crash_report: list[str]
+) -> None:
+    """No setup: 4 processes open a store that does not exist yet; each creates the shared
+    workflow (exactly one succeeds, the others get "already exists") and then writes to it."""
+    run = run_processes(tmp_path, procs=PROCS, commits=50, claim_every=5, create=True)
+    verify(tmp_path, run, "fresh store, racing creations", crash_report)
+    lost = [
+        e
+        for events in run.writers.values()
+        for e in events
+        if isinstance(e, Rejected) and e.field == "mutations[0].workflow_id"
+    ]
+    assert len(lost) == PROCS - 1, lost
+
+
+# -- bigger and repeated variants (-m slow) ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_four_writer_processes_2000_commits_each_with_a_reader(
+    tmp_path: Path, crash_report: list[str]
+) -> None:
+    run = run_processes(
+        tmp_path, procs=PROCS, commits=2000, claim_every=CLAIM_EVERY, reader=True, timeout=600
+    )
+    verify(tmp_path, run, "4 x 2000 + reader", crash_report, min_seen=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2, 12))
+def test_killed_writer_process_seeds(tmp_path: Path, crash_report: list[str], seed: int) -> None:
+    run = run_processes(tmp_path, procs=3, commits=COMMITS, claim_every=CLAIM_EVERY, kill_seed=seed)
+    assert len(run.killed) == 1, f"the kill came too late: {run.note}"
+    verify(tmp_path, run, f"3 processes, 1 killed (seed {seed})", crash_report)
