@@ -105,27 +105,34 @@ def run_workload(
     appends: int = 30,
     threads: int = 1,
     sync_every: int = 0,
+    handles: int = 1,
     fs: SimFileSystem | None = None,
 ) -> Workload:
     """Append ``appends`` records (split over ``threads``) to a fresh log on a simulated disk.
 
     ``sync_every``: call ``sync()`` after every that many appends (for ``none``/``interval``).
+    ``handles``: open the log that many times and give thread ``k`` handle ``k % handles``,
+    as separate processes would (writers' lock, catch-up, rotation by whoever holds the lock).
     Segments are small (4 KiB) so the workload rotates several times.
     """
     fs = fs if fs is not None else SimFileSystem()
     payloads = [_payload(i) for i in range(appends)]
     acks: list[Ack] = []
     lock = threading.Lock()
-    log = Log.open(
-        WAL,
-        fs=fs,
-        durability=durability,
-        segment_size=4096,
-        compression=Compression(codec="lz4" if threads == 1 else "zstd"),
-        epoch=0x5EED,
-    )
+    logs = [
+        Log.open(
+            WAL,
+            fs=fs,
+            durability=durability,
+            segment_size=4096,
+            compression=Compression(codec="lz4" if threads == 1 else "zstd"),
+            epoch=0x5EED,
+        )
+        for _ in range(handles)
+    ]
 
     def worker(k: int) -> None:
+        log = logs[k % handles]
         for i in range(k, appends, threads):
             lsn = log.append(payloads[i])
             with lock:
@@ -142,7 +149,8 @@ def run_workload(
         t.start()
     for t in pool:
         t.join()
-    log.close()
+    for log in logs:
+        log.close()
     # The log assigns LSNs in append order; with threads the payload of each LSN is the one
     # whose append returned it.
     by_lsn = {a.lsn: a.payload for a in acks}
@@ -223,6 +231,9 @@ QUICK_WORKLOADS: dict[str, WorkloadFactory] = {
     "always, 1 thread, 80 appends, rotating": lambda: run_workload("always-1t", appends=80),
     "always, 4 threads (group commit), 80 appends": lambda: run_workload(
         "always-4t", appends=80, threads=4, fs=SlowSyncFS()
+    ),
+    "always, 2 handles x 2 threads (two processes' writers), 80 appends": lambda: run_workload(
+        "always-2h", appends=80, threads=4, handles=2, fs=SlowSyncFS()
     ),
     "none, sync every 5 appends": lambda: run_workload(
         "none-sync5", durability="none", appends=60, sync_every=5

@@ -49,6 +49,9 @@ def main() -> int:
     workloads["always, 4 threads (group commit), 300 appends"] = lambda: run_workload(
         "always-4t-300", appends=300, threads=4, fs=SlowSyncFS()
     )
+    workloads["always, 3 handles x 2 threads (three processes' writers), 300 appends"] = lambda: (
+        run_workload("always-3h-300", appends=300, threads=6, handles=3, fs=SlowSyncFS())
+    )
     workloads["interval (100 ms), sync every 7 appends, 150 appends"] = lambda: run_workload(
         "interval-150", durability="interval", appends=150, sync_every=7
     )
@@ -108,7 +111,11 @@ acknowledged records or failed recoveries for each.
 Checkpoints, two-phase commit, sessions, error injection over whole workloads, SIGKILL loops and
 bit-flip sweeps of whole stores arrive with their issues. Bit flips at every position of a log
 and truncation at every byte are tested in `tests/test_corruption.py`; a SIGKILLed writer in
-`tests/test_demo.py`.
+`tests/test_demo.py`; batches of mutations over the crash simulator, by one handle and by two
+alternating handles, in `tests/test_store_crash.py`; several writer processes (4 x 500 commits
+with a reader, and one writer SIGKILLed mid-run while others go on) in
+`tests/test_store_multiprocess.py`; a writer that died holding the lock (its torn record, its
+torn segment creation) in `tests/test_log_writers.py`.
 """
     DOC.write_text(text)
     print(f"wrote {DOC}: {total} crash states, {violations} violations", file=sys.stderr)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from tests.simfs import SimFileSystem
 from wfstate.backends.local import LocalStore
 from wfstate.backends.memory import MemoryStore
@@ -54,9 +56,12 @@ def snapshot(store: LocalStore | MemoryStore) -> dict[str, bytes]:
     return {w: encode_state(store.load(w)) for w in store.list_workflows()}
 
 
+@pytest.mark.parametrize("handles", [1, 2], ids=["one handle", "two handles alternating"])
 def test_every_crash_state_is_the_model_after_a_prefix_of_batches(
-    crash_report: list[str],
+    crash_report: list[str], handles: int
 ) -> None:
+    """With two handles (two processes' worth of writers' lock, catch-up and hint, format
+    §8) each commits every other batch, validated against the batches of the other."""
     plan = batches()
     # the model: the state after each prefix of batches, same clock, same LSNs
     model_ticks = itertools.count()
@@ -68,18 +73,22 @@ def test_every_crash_state_is_the_model_after_a_prefix_of_batches(
 
     fs = SimFileSystem()
     ticks = itertools.count()
-    store = LocalStore.open(
-        STORE,
-        fs=fs,
-        clock=lambda: 1000.0 + next(ticks),
-        segment_size=4096,
-        compression=Compression(codec="none"),
-    )
+    stores = [
+        LocalStore.open(
+            STORE,
+            fs=fs,
+            clock=lambda: 1000.0 + next(ticks),
+            segment_size=4096,
+            compression=Compression(codec="none"),
+        )
+        for _ in range(handles)
+    ]
     acked_at: list[int] = []
-    for batch in plan:
-        store.commit(batch)
+    for i, batch in enumerate(plan):
+        stores[i % handles].commit(batch)
         acked_at.append(fs.op_count)
-    store.close()
+    for store in stores:
+        store.close()
 
     states = 0
     for at in fs.crash_points():
@@ -92,7 +101,8 @@ def test_every_crash_state_is_the_model_after_a_prefix_of_batches(
             k = prefixes.index(got)
             assert k >= acked, f"op {at} {label}: {acked} batches acknowledged, {k} recovered"
     crash_report.append(
-        f"store batches (3 workflows per batch, {len(plan)} batches): {states} crash states "
+        f"store batches, {handles} handle(s) (3 workflows per batch, {len(plan)} batches): "
+        f"{states} crash states "
         f"at {fs.op_count + 1} crash points; every one a whole prefix with every acked batch"
     )
     assert states > 300
