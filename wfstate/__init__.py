@@ -3,6 +3,8 @@
 The public surface is re-exported here; everything else is internal and may change.
 """
 
+from wfstate.backends.local import LocalStore
+from wfstate.backends.memory import MemoryStore
 from wfstate.errors import (
     BackendError,
     ClosedError,
@@ -19,8 +21,20 @@ from wfstate.errors import (
     WfstateError,
 )
 from wfstate.format import FORMAT_VERSION
-from wfstate.model import SCHEMA_VERSION
+from wfstate.model import SCHEMA_VERSION, WorkflowState, WorkflowStep
+from wfstate.mutations import (
+    CreateWorkflow,
+    DeleteWorkflow,
+    Mutation,
+    PutStepOutput,
+    ReplaceState,
+    SetAgentState,
+    SetStepStatus,
+    SetWorkflowStatus,
+    UpdateContext,
+)
 from wfstate.schema import SchemaUpgrades
+from wfstate.store import Store
 from wfstate.wal import (
     Compression,
     Durability,
@@ -39,21 +53,35 @@ __all__ = [
     "ClosedError",
     "Compression",
     "CorruptionError",
+    "CreateWorkflow",
+    "DeleteWorkflow",
     "Durability",
     "FormatVersionError",
+    "LocalStore",
     "LockTimeoutError",
     "Log",
     "LogDamage",
+    "MemoryStore",
+    "Mutation",
     "NotFoundError",
+    "PutStepOutput",
     "Record",
     "RecoveryMode",
+    "ReplaceState",
     "SchemaUpgrades",
     "SchemaVersionError",
+    "SetAgentState",
+    "SetStepStatus",
+    "SetWorkflowStatus",
     "StaleOwnerError",
+    "Store",
     "StorePoisonedError",
     "TornWriteError",
     "TransactionError",
+    "UpdateContext",
     "ValidationError",
     "WfstateError",
+    "WorkflowState",
+    "WorkflowStep",
     "__version__",
 ]
