@@ -357,3 +357,14 @@ def test_a_bad_cache_budget_is_refused(tmp_path: Path, cache_bytes: object) -> N
     with pytest.raises(ValidationError) as info:
         LocalStore.open(str(tmp_path / "s"), cache_bytes=cache_bytes)  # type: ignore[arg-type]
     assert info.value.field == "cache_bytes"
+
+
+def test_a_whole_state_replacement_resets_the_cache_estimate(tmp_path: Path) -> None:
+    with LocalStore.open(str(tmp_path / "store"), cache_bytes=6000) as store:
+        store.commit([create("a", steps=20), create("b", steps=20)])  # ~2 KB logged
+        a = store.load("a")
+        for _ in range(10):  # ~1.5 KB logged each: without the reset, "a" would weigh ~15 KB
+            store.save(a)
+        store.load("b")
+        store.load("a")
+        assert sorted(store._table.cached) == ["a", "b"]

@@ -15,6 +15,7 @@ Anything else (spaces, dots inside a name, non-ASCII letters) is allowed.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from wfstate.errors import ValidationError
@@ -23,6 +24,7 @@ MAX_ID_LENGTH: Final = 128
 """The longest id accepted, in characters."""
 
 _SEPARATORS: Final = ("/", "\\")
+_FORBIDDEN: Final = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def validate_id(value: object, field: str) -> str:
@@ -39,6 +41,10 @@ def validate_id(value: object, field: str) -> str:
         raise ValidationError(
             field, f"an id must be at most {MAX_ID_LENGTH} characters, not {len(value)}"
         )
+    if _FORBIDDEN.search(value) is None:  # the common case, one C-level scan
+        if value in (".", ".."):
+            raise ValidationError(field, f"an id must not be the path component {value!r}")
+        return value
     for index, char in enumerate(value):
         code = ord(char)
         if code < 32 or code == 127:

@@ -288,6 +288,8 @@ def validate_json(value: object, field: str) -> None:
     The error names the path of the first offending item below ``field``, e.g.
     ``mutation.data['rows'][3]``.
     """
+    if _is_json_like(value):
+        return  # the common case, checked without building a path for every item
     stack: list[tuple[object, str]] = [(value, field)]
     while stack:
         item, path = stack.pop()
@@ -305,6 +307,28 @@ def validate_json(value: object, field: str) -> None:
             stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
         else:
             raise ValidationError(path, f"a value must be JSON-like, not {type(item).__name__}")
+
+
+def _is_json_like(value: object) -> bool:
+    """Whether :func:`validate_json` would accept ``value`` (no paths kept)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item is None or isinstance(item, str | bool | int):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    return False
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            return False
+    return True
 
 
 def validate_steps(steps: Sequence[WorkflowStep], field: str) -> None:

@@ -331,9 +331,11 @@ class _TargetDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 _TARGETS_DECODER: Final = msgspec.msgpack.Decoder(_TargetDocument)
 CREATE_OP: Final = "create_workflow"
 DELETE_OP: Final = "delete_workflow"
-"""The ``op`` tags of :class:`CreateWorkflow` and :class:`DeleteWorkflow`."""
+REPLACE_OP: Final = "replace_state"
+"""The ``op`` tags of :class:`CreateWorkflow`, :class:`DeleteWorkflow`, :class:`ReplaceState`."""
 assert CreateWorkflow.__struct_config__.tag == CREATE_OP
 assert DeleteWorkflow.__struct_config__.tag == DELETE_OP
+assert ReplaceState.__struct_config__.tag == REPLACE_OP
 
 
 def batch_targets(

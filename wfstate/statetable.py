@@ -22,6 +22,7 @@ from wfstate.model import WorkflowState
 from wfstate.mutations import (
     CREATE_OP,
     DELETE_OP,
+    REPLACE_OP,
     CreateWorkflow,
     DeleteWorkflow,
     Mutation,
@@ -39,7 +40,9 @@ Materializer = Callable[[str, Sequence[tuple[int, int]]], WorkflowState]
 """Rebuilds a workflow's state from its entries: for each batch since the workflow was (last)
 created, ``(lsn, skip)``: that batch's mutations of the workflow, less the first ``skip``."""
 
-DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_CACHE_BYTES: Final = 256 * 1024 * 1024
+"""Generous on purpose: a cache smaller than the set of workflows being written in rotation
+makes every commit rebuild its workflow from the log (until checkpoints bound that work)."""
 
 
 class StateTable:
@@ -47,7 +50,8 @@ class StateTable:
 
     For every live workflow the table keeps only its *entries* (the LSNs of the batches that
     built it since it was created, see :data:`Materializer`) and an estimate of its size (the
-    raw sizes of those batches). States are materialized by ``materialize`` when first read
+    raw sizes of those batches since its last whole replacement). States are materialized by
+    ``materialize`` when first read
     and kept in a least-recently-used cache of about ``cache_bytes`` (by that estimate; the
     state last used always stays). So a store with many workflows opens without building any
     state and holds only the states in use. Without ``materialize`` (the memory backend) every
@@ -138,7 +142,9 @@ class StateTable:
             if DELETE_OP not in kinds:
                 _check_existence(workflow_id, kinds, workflow_id in self._entries, lsn)
                 self._entries.setdefault(workflow_id, []).append((lsn, 0))
-                self._weigh(workflow_id, self._weight.get(workflow_id, 0) + size)
+                # a whole-state replacement resets the estimate: older batches no longer count
+                base = 0 if REPLACE_OP in kinds else self._weight.get(workflow_id, 0)
+                self._weigh(workflow_id, base + size)
                 continue
             last_delete = len(kinds) - 1 - kinds[::-1].index(DELETE_OP)
             _check_existence(workflow_id, kinds[:1], workflow_id in self._entries, lsn)
