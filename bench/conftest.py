@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -11,18 +12,21 @@ from bench import report
 from bench.big_store import BigStore, build_big_store
 from bench.peers import STATE_SYSTEMS, SYSTEMS, OpenPeer, OpenStatePeer, Peer, StatePeer
 
+_System = TypeVar("_System", Peer, StatePeer)
 
-@pytest.fixture
-def open_peer(tmp_path: Path) -> Iterator[OpenPeer]:
-    """``open_peer(system)`` opens a fresh instance in its own directory under ``tmp_path``.
+
+def _opener(
+    systems: Mapping[str, Callable[[], _System]], tmp_path: Path
+) -> Iterator[Callable[[str], _System]]:
+    """Open a fresh instance of a named system in its own directory; close all at teardown.
 
     All systems of a run write under pytest's base temp dir, so on one file system (choose it
-    with ``--basetemp``). Everything opened is closed at teardown.
+    with ``--basetemp``).
     """
-    opened: list[Peer] = []
+    opened: list[_System] = []
 
-    def _open(system: str) -> Peer:
-        peer = SYSTEMS[system]()
+    def _open(system: str) -> _System:
+        peer = systems[system]()
         peer.open(str(tmp_path / system))
         opened.append(peer)
         report.RESULTS.data_dir = str(tmp_path)
@@ -31,23 +35,18 @@ def open_peer(tmp_path: Path) -> Iterator[OpenPeer]:
     yield _open
     for peer in reversed(opened):
         peer.close()
+
+
+@pytest.fixture
+def open_peer(tmp_path: Path) -> Iterator[OpenPeer]:
+    """``open_peer(system)`` opens a fresh log-shaped peer (P1, P2)."""
+    yield from _opener(SYSTEMS, tmp_path)
 
 
 @pytest.fixture
 def open_state_peer(tmp_path: Path) -> Iterator[OpenStatePeer]:
-    """``open_state_peer(system)``: like ``open_peer`` for the state systems (P3-P5b)."""
-    opened: list[StatePeer] = []
-
-    def _open(system: str) -> StatePeer:
-        peer = STATE_SYSTEMS[system]()
-        peer.open(str(tmp_path / system))
-        opened.append(peer)
-        report.RESULTS.data_dir = str(tmp_path)
-        return peer
-
-    yield _open
-    for peer in reversed(opened):
-        peer.close()
+    """``open_state_peer(system)``: the same for the state systems (P3-P5b)."""
+    yield from _opener(STATE_SYSTEMS, tmp_path)
 
 
 @pytest.fixture(scope="session")
