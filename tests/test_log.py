@@ -388,3 +388,22 @@ def test_read_at_finds_records_read_written_and_followed_and_verifies_them(
         flip_bit(seg, 8 * 100)  # inside record 1
         with pytest.raises(CorruptionError, match="no longer verifies"):
             log.read_at(1)
+
+
+def test_read_at_finds_records_on_both_sides_of_a_skipped_one(tmp_path: Path) -> None:
+    wal = str(tmp_path / "wal")
+    with Log.open(wal) as log:
+        for i in range(6):
+            log.append(noise(i))
+    seg = list_segments(OS_FS, wal)[0].path
+    flip_bit(seg, 8 * (64 + 2 * (32 + 600) + 100))  # inside record 3
+    with Log.open(wal, mode="skip_corrupted") as log:
+        assert [r.lsn for r in log.read()] == [1, 2, 4, 5, 6]
+        assert [log.read_at(lsn).payload for lsn in (1, 2, 4, 6)] == [
+            noise(0),
+            noise(1),
+            noise(3),
+            noise(5),
+        ]
+        with pytest.raises(NotFoundError):
+            log.read_at(3)

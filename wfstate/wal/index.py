@@ -21,7 +21,7 @@ from wfstate.wal.segment import SegmentFile
 
 
 class _Span:
-    """The indexed records of one segment: consecutive LSNs from ``first_lsn``."""
+    """Indexed records of one segment: consecutive LSNs from ``first_lsn``."""
 
     __slots__ = ("first_lsn", "offsets", "path", "seeds", "sizes")
 
@@ -34,7 +34,7 @@ class _Span:
 
 
 class RecordIndex:
-    """LSN → location of consecutive records. Appends come from one thread at a time."""
+    """LSN → location of the records added. Appends come from one thread at a time."""
 
     def __init__(self) -> None:
         self._spans: list[_Span] = []
@@ -42,13 +42,11 @@ class RecordIndex:
         self._next = 0
 
     def add(self, segment: SegmentFile, lsn: int, offset: int, size: int, seed: int) -> None:
-        """Record where ``lsn`` is. An LSN already known is ignored; a gap restarts the index
-        at ``lsn`` (only consecutive records can be located)."""
+        """Record where ``lsn`` is. LSNs come in increasing order; one already known is
+        ignored, and a gap (records a salvage recovery mode skipped) starts a new span."""
         if self._spans and lsn < self._next:
             return
-        if not self._spans or lsn != self._next:
-            self._spans, self._firsts = [], []
-        if not self._spans or self._spans[-1].path != segment.path:
+        if not self._spans or lsn != self._next or self._spans[-1].path != segment.path:
             self._spans.append(_Span(segment.path, lsn))
             self._firsts.append(lsn)
         span = self._spans[-1]

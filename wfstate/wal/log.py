@@ -238,12 +238,15 @@ class Log:
         delay = _FIRST_POLL_S
         while not self._fs.try_lock(self._lock):
             if time.monotonic() >= deadline:
-                raise LockTimeoutError(
-                    f"log {self._dir}: the writers' lock was not free within "
-                    f"{self._lock_timeout} s (lock_timeout)"
-                )
+                raise self._lock_timed_out()
             time.sleep(delay)
             delay = min(delay * 2, _LAST_POLL_S)
+
+    def _lock_timed_out(self) -> LockTimeoutError:
+        return LockTimeoutError(
+            f"log {self._dir}: the writers' lock was not free within {self._lock_timeout} s "
+            "(lock_timeout)"
+        )
 
     # attributes set by open()
     _fs: FileSystem
@@ -432,10 +435,7 @@ class Log:
             if deadline is None:
                 deadline = now + self._lock_timeout
             elif now >= deadline:
-                raise LockTimeoutError(
-                    f"log {self._dir}: the writers' lock was not free within "
-                    f"{self._lock_timeout} s (lock_timeout)"
-                )
+                raise self._lock_timed_out()
             self._polling = True
             try:
                 self._cond.wait(delay)
