@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,34 @@ def test_a_writer_under_sustained_load_lets_another_handle_in(tmp_path: Path) ->
             for t in threads:
                 t.join()
         assert len(set(lsns)) == 5
+
+
+def test_lock_timeout_bounds_the_whole_wait_of_every_thread(tmp_path: Path) -> None:
+    # A thread waiting behind another thread of its handle (which is polling) counts that
+    # time too: each gives up after about lock_timeout, not one timeout after the other.
+    wal = str(tmp_path / "wal")
+    timeout = 0.5
+    with Log.open(wal, lock_timeout=timeout) as log:
+        holder = OS_FS.open_lock(os.path.join(wal, "LOCK"))
+        assert OS_FS.try_lock(holder)
+        waited: list[float] = []
+        errors: list[BaseException] = []
+
+        def append() -> None:
+            start = time.monotonic()
+            try:
+                log.append(b"x")
+            except LockTimeoutError as exc:
+                errors.append(exc)
+            waited.append(time.monotonic() - start)
+
+        try:
+            threads = [threading.Thread(target=append) for _ in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            OS_FS.close_lock(holder)
+        assert len(errors) == 3
+        assert max(waited) < 1.8 * timeout, waited

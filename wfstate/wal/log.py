@@ -208,7 +208,8 @@ class Log:
     def _lock_and_recover(self, epoch: int | None) -> None:
         """Recover under the writers' lock, make the tail durable, rewrite the hint."""
         fs = self._fs
-        self._wait_for_lock()
+        with self._cond:
+            self._acquire_file_lock()
         try:
             recovered = recover(
                 fs, self._dir, mode=self._mode, on_damage=self._on_damage, epoch=epoch
@@ -231,16 +232,6 @@ class Log:
         self._fd = fd
         self._move_to(tail)
         self._written_lsn = self._durable_lsn = tail.next_lsn - 1
-
-    def _wait_for_lock(self) -> None:
-        """Take the writers' lock, polling until ``lock_timeout`` (no log state involved)."""
-        deadline = time.monotonic() + self._lock_timeout
-        delay = _FIRST_POLL_S
-        while not self._fs.try_lock(self._lock):
-            if time.monotonic() >= deadline:
-                raise self._lock_timed_out()
-            time.sleep(delay)
-            delay = min(delay * 2, _LAST_POLL_S)
 
     def _lock_timed_out(self) -> LockTimeoutError:
         return LockTimeoutError(
@@ -408,37 +399,42 @@ class Log:
     # -- the writers' lock ----------------------------------------------------------------------
     def _take_tenure(self) -> None:
         """Hold the writers' lock, caught up (lock held; it is released while waiting)."""
-        deadline: float | None = None
+        if not self._acquire_file_lock():
+            return  # another thread of this handle holds the tenure
+        try:
+            self._catch_up(repair=True)
+        except BaseException as exc:
+            self._fs.unlock(self._lock)
+            if not isinstance(exc, CorruptionError):
+                self._poison = exc  # a repair's I/O failed: never retried
+            raise
+        self._tenure = True
+        self._tenure_since = time.monotonic()
+
+    def _acquire_file_lock(self) -> bool:
+        """Lock the file for this handle (True), or find the tenure held by another of its
+        threads (False). Lock held; released while waiting, up to ``lock_timeout`` in all,
+        then ``LockTimeoutError``. Waits without polling while this handle is busy: its tenure
+        is being given up (yielding), another thread polls, or a flush runs."""
+        deadline = time.monotonic() + self._lock_timeout
         delay = _FIRST_POLL_S
         while True:
             self._check_usable()
-            now = time.monotonic()
             if self._tenure and not self._yielding:
-                return
-            if self._tenure or self._polling or self._flushing or now < self._resume_at:
-                # yielding: the lock goes back once the queue drains; or another thread of
-                # this handle is polling; or a flush of records followed is running
-                pause = max(self._resume_at - now, 0.0) or None
-                self._cond.wait(pause)
-                continue
-            if self._fs.try_lock(self._lock):
-                try:
-                    self._catch_up(repair=True)
-                except BaseException as exc:
-                    self._fs.unlock(self._lock)
-                    if not isinstance(exc, CorruptionError):
-                        self._poison = exc  # a repair's I/O failed: never retried
-                    raise
-                self._tenure = True
-                self._tenure_since = time.monotonic()
-                return
-            if deadline is None:
-                deadline = now + self._lock_timeout
-            elif now >= deadline:
+                return False
+            now = time.monotonic()
+            busy = self._tenure or self._polling or self._flushing or now < self._resume_at
+            if not busy and self._fs.try_lock(self._lock):
+                return True
+            if now >= deadline:
                 raise self._lock_timed_out()
+            if busy:  # woken by whatever ends it, or at the end of a yield pause
+                until = min(deadline, self._resume_at) if now < self._resume_at else deadline
+                self._cond.wait(until - now)
+                continue
             self._polling = True
             try:
-                self._cond.wait(delay)
+                self._cond.wait(min(delay, deadline - now))
             finally:
                 self._polling = False
                 self._cond.notify_all()
