@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -23,7 +23,7 @@ from wfstate.errors import (
 )
 from wfstate.format import RECORD_BATCH, WAL_DIR
 from wfstate.fs import OS_FS
-from wfstate.model import JSONValue, WorkflowStep
+from wfstate.model import JSONValue, WorkflowState, WorkflowStep
 from wfstate.mutations import (
     CreateWorkflow,
     DeleteWorkflow,
@@ -33,6 +33,7 @@ from wfstate.mutations import (
     SetWorkflowStatus,
     encode_mutations,
 )
+from wfstate.statetable import StateTable
 from wfstate.store import Store
 from wfstate.wal import Log
 
@@ -368,3 +369,26 @@ def test_a_whole_state_replacement_resets_the_cache_estimate(tmp_path: Path) -> 
         store.load("b")
         store.load("a")
         assert sorted(store._table.cached) == ["a", "b"]
+
+
+def test_a_logged_batch_that_does_not_describe_one_history_changes_no_entry() -> None:
+    built: list[list[tuple[int, int]]] = []
+    model = MemoryStore(clock=ticking_clock())
+    model.commit([create("a")])
+    a = model.load("a")
+
+    def materialize(workflow_id: str, entries: Sequence[tuple[int, int]]) -> WorkflowState:
+        built.append(list(entries))
+        return a
+
+    table = StateTable(materialize)
+    table.replay([("create_workflow", "a")], 1, 10, lambda: [])
+    with pytest.raises(NotFoundError):  # "a" is fine, "ghost" was never created
+        table.replay([("put_step_output", "a"), ("put_step_output", "ghost")], 2, 10, lambda: [])
+    with pytest.raises(ValidationError):  # created twice
+        table.replay([("create_workflow", "a")], 3, 10, lambda: [])
+    with pytest.raises(NotFoundError):  # changed after its delete, in the same batch
+        table.replay([("delete_workflow", "a"), ("put_step_output", "a")], 4, 10, lambda: [])
+    assert table.ids() == ["a"]
+    assert table.get("a") is a
+    assert built == [[(1, 0)]]  # neither rejected batch left an entry behind

@@ -352,11 +352,14 @@ def batch_targets(
     except msgspec.MsgspecError:
         document = None
     if document is None or document.v != SCHEMA_VERSION:
-        return [
-            (type(m).__struct_config__.tag, m.workflow_id)  # type: ignore[misc]
-            for m in decode_mutations(data, upgrades=upgrades)
-        ]
+        return mutation_targets(decode_mutations(data, upgrades=upgrades))
     return [(t.op, t.workflow_id) for t in document.m]
+
+
+def mutation_targets(batch: Sequence[Mutation]) -> list[tuple[str, str]]:
+    """``(op, workflow_id)`` of each mutation of ``batch``, in order (as :func:`batch_targets`
+    reads them from a logged document)."""
+    return [(type(m).__struct_config__.tag, m.workflow_id) for m in batch]  # type: ignore[misc]
 
 
 def _check_embedded_versions(batch: Sequence[object], version: int) -> None:

@@ -28,6 +28,7 @@ from wfstate.mutations import (
     Mutation,
     ReplaceState,
     apply_batch,
+    mutation_targets,
     replay_batch,
 )
 
@@ -111,7 +112,7 @@ class StateTable:
     ) -> None:  # fmt: skip
         """Make the states a prepared batch produced current, stamped with its ``lsn``
         (``size``: its logged size, for the cache estimate)."""
-        self._note(_targets(batch), lsn, size)
+        self._note(mutation_targets(batch), lsn, size)
         for workflow_id, state in results.items():
             if state is not None:
                 self._remember(workflow_id, stamped_with(state, lsn))
@@ -134,24 +135,38 @@ class StateTable:
                 self._remember(workflow_id, stamped_with(state, lsn))
 
     def _note(self, targets: Sequence[tuple[str, str]], lsn: int, size: int) -> None:
-        """Record that the batch ``lsn`` touched the workflows in ``targets``."""
+        """Record that the batch ``lsn`` touched the workflows in ``targets``.
+
+        Every workflow is checked before any changes, so a batch that does not describe one
+        history (reported as corruption by the store) leaves the table as it was.
+        """
         ops: dict[str, list[str]] = {}
         for op, workflow_id in targets:
             ops.setdefault(workflow_id, []).append(op)
+        # per workflow: the index of its mutations the current incarnation starts at (0: the
+        # workflow goes on; None: the batch deletes it for good)
+        starts: dict[str, int | None] = {}
         for workflow_id, kinds in ops.items():
+            _check_existence(workflow_id, kinds[0], workflow_id in self._entries, lsn)
             if DELETE_OP not in kinds:
-                _check_existence(workflow_id, kinds, workflow_id in self._entries, lsn)
+                starts[workflow_id] = 0
+                continue
+            after = len(kinds) - kinds[::-1].index(DELETE_OP)  # just after the last delete
+            if after < len(kinds):  # created again in the same batch
+                _check_existence(workflow_id, kinds[after], False, lsn)
+            starts[workflow_id] = after if after < len(kinds) else None
+        for workflow_id, start in starts.items():
+            if start == 0:
                 self._entries.setdefault(workflow_id, []).append((lsn, 0))
                 # a whole-state replacement resets the estimate: older batches no longer count
-                base = 0 if REPLACE_OP in kinds else self._weight.get(workflow_id, 0)
-                self._weigh(workflow_id, base + size)
+                replaced = REPLACE_OP in ops[workflow_id]
+                self._weigh(
+                    workflow_id, (0 if replaced else self._weight.get(workflow_id, 0)) + size
+                )
                 continue
-            last_delete = len(kinds) - 1 - kinds[::-1].index(DELETE_OP)
-            _check_existence(workflow_id, kinds[:1], workflow_id in self._entries, lsn)
             self._forget(workflow_id)
-            if last_delete < len(kinds) - 1:  # created again in the same batch
-                _check_existence(workflow_id, kinds[last_delete + 1 :], False, lsn)
-                self._entries[workflow_id] = [(lsn, last_delete + 1)]
+            if start is not None:
+                self._entries[workflow_id] = [(lsn, start)]
                 self._weigh(workflow_id, size)
 
     def _weigh(self, workflow_id: str, weight: int) -> None:
@@ -227,17 +242,13 @@ class _Materialized(Mapping[str, WorkflowState]):
         return len(self._table.ids())
 
 
-def _check_existence(workflow_id: str, ops: list[str], exists: bool, lsn: int) -> None:
+def _check_existence(workflow_id: str, first_op: str, exists: bool, lsn: int) -> None:
     """A logged batch can only create an absent workflow and only change an existing one;
     anything else means the log does not describe one history (the caller reports it)."""
-    if not exists and ops[0] != CREATE_OP:
-        raise NotFoundError(f"batch {lsn}: workflow_id: no workflow {workflow_id!r} to {ops[0]}")
-    if exists and ops[0] == CREATE_OP:
+    if not exists and first_op != CREATE_OP:
+        raise NotFoundError(f"batch {lsn}: workflow_id: no workflow {workflow_id!r} to {first_op}")
+    if exists and first_op == CREATE_OP:
         raise ValidationError("workflow_id", f"batch {lsn} creates {workflow_id!r} again")
-
-
-def _targets(batch: Sequence[Mutation]) -> list[tuple[str, str]]:
-    return [(type(m).__struct_config__.tag, m.workflow_id) for m in batch]  # type: ignore[misc]
 
 
 def stamped_with(state: WorkflowState, lsn: int) -> WorkflowState:
