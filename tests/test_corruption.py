@@ -914,3 +914,21 @@ def test_skip_corrupted_skips_a_verified_record_that_does_not_decode(tmp_path: P
         records = list(log.read())
     assert [(r.lsn, r.payload) for r in records] == [(1, b"one"), (3, b"three")]
     assert ("corruption", 64 + 40) in [(d.kind, d.offset) for d in seen]
+
+
+def test_skip_corrupted_never_appends_after_damage_it_left_in_place(tmp_path: Path) -> None:
+    # Found by Hypothesis: one stray byte at the end of segment 1 and a bad header on segment 2
+    # (the last). skip_corrupted sets segment 2 aside and keeps the stray byte; a record
+    # appended right after it sat at an unaligned offset, where no reader finds it again.
+    wal = tmp_path / "wal"
+    payloads = [b"\xd8", noise(2500, 0), noise(2500, 1)]
+    write_log(wal, payloads, segment_size=4096, compression=Compression(codec="none"))
+    segs = segment_paths(wal)
+    assert len(segs) == 2
+    overwrite(segs[0], len(read_bytes(segs[0])), b"\x00")
+    overwrite(segs[1], 0, b"\x00")
+    with Log.open(str(wal), mode="skip_corrupted") as log:
+        assert payloads_of(list(log.read())) == payloads[:2]
+        lsn = log.append(b"after")
+    with Log.open(str(wal), mode="skip_corrupted") as log:
+        assert list(log.read())[-1] == Record(lsn, 1, b"after")

@@ -150,6 +150,14 @@ def recover(
         tail = TailPosition(seg, SEGMENT_HEADER_SIZE, header.prev_checksum, 1, chosen)
         return Recovered(tail, damage)
     cut_tail(fs, tail.segment, tail.offset)
+    if any(d.kind == "corruption" and d.path == tail.segment.path for d in damage):
+        # skip_corrupted left damaged bytes in place in the segment the log ends in: a record
+        # appended after them could sit where no reader resynchronises (an unaligned offset),
+        # so appends start a new segment, chained to the last valid record.
+        header = SegmentHeader(tail.epoch, tail.segment.seq + 1, tail.next_lsn, tail.seed)
+        seg, fd = create_segment(fs, wal_dir, header)
+        fs.close(fd)
+        tail = TailPosition(seg, SEGMENT_HEADER_SIZE, tail.seed, tail.next_lsn, tail.epoch)
     return Recovered(tail, damage)
 
 
