@@ -19,6 +19,7 @@ from wfstate.errors import (
     CorruptionError,
     LockTimeoutError,
     NotFoundError,
+    StorePoisonedError,
     ValidationError,
 )
 from wfstate.format import RECORD_BATCH, WAL_DIR
@@ -392,3 +393,18 @@ def test_a_logged_batch_that_does_not_describe_one_history_changes_no_entry() ->
     assert table.ids() == ["a"]
     assert table.get("a") is a
     assert built == [[(1, 0)]]  # neither rejected batch left an entry behind
+
+
+def test_a_batch_from_another_writer_that_cannot_apply_stops_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with LocalStore.open(str(path)) as store:
+        store.commit([create("w1")])
+        with Log.open(str(path / WAL_DIR), lock_path=str(path / "LOCK")) as other:
+            bad = PutStepOutput(workflow_id="ghost", step_id="s0", data=1, at=0)
+            other.append(encode_mutations([bad]), record_type=RECORD_BATCH)
+        with pytest.raises(CorruptionError, match="does not apply"):
+            store.commit(run_step("w1", "s0", 1))
+        with pytest.raises(StorePoisonedError):  # never writes on a view that lacks a batch
+            store.commit(run_step("w1", "s0", 1))
+    with pytest.raises(CorruptionError, match="does not apply"):
+        LocalStore.open(str(path))

@@ -151,7 +151,8 @@ class Log:
         flags written from here on are truthful. ``on_foreign`` receives, in LSN order, each
         record another process or handle appended, when this handle catches up (in
         :meth:`writing` and :meth:`follow`, on the calling thread, with this log's internal
-        lock held: it must not call back into the log). ``epoch`` is used only when a new log
+        lock held: it must not call back into the log); if it raises, the log is poisoned (this
+        view has passed records its owner did not take). ``epoch`` is used only when a new log
         is created (tests pin it for golden bytes). Options are validated before anything is
         created; a bad one raises ``ValidationError`` naming it.
         """
@@ -508,8 +509,14 @@ class Log:
                 passed.segment, passed.record.lsn, passed.offset, passed.size, passed.seed
             )
         if self._on_foreign is not None:
-            for passed in found.records:
-                self._on_foreign(passed.record)
+            try:
+                for passed in found.records:
+                    self._on_foreign(passed.record)
+            except BaseException as exc:
+                # This view has moved past records its owner could not take: writing on would
+                # build on a state that lacks them. Stop; reopening judges the log afresh.
+                self._poison = exc
+                raise
 
     def _move_to(self, tail: TailPosition) -> None:
         self._segment = tail.segment
