@@ -115,7 +115,8 @@ and truncation at every byte are tested in `tests/test_corruption.py`; a SIGKILL
 alternating handles, in `tests/test_store_crash.py`; several writer processes (4 x 500 commits
 with a reader, and one writer SIGKILLed mid-run while others go on) in
 `tests/test_store_multiprocess.py`; a writer that died holding the lock (its torn record, its
-torn segment creation) in `tests/test_log_writers.py`.
+torn segment creation) in `tests/test_log_writers.py`, with the crash simulator over the next
+writer's repair.
 """
     DOC.write_text(text)
     print(f"wrote {DOC}: {total} crash states, {violations} violations", file=sys.stderr)
