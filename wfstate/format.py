@@ -13,7 +13,9 @@ from typing import Final, NamedTuple
 
 import xxhash
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+READABLE_VERSIONS: Final = frozenset({1, 2})
+"""Segment header versions a reader accepts (docs/format.md §7: the layouts are the same)."""
 
 # -- segment header (docs/format.md §2.1) ---------------------------------------------------
 SEGMENT_MAGIC: Final = b"WFSTWAL\x00"
@@ -41,6 +43,9 @@ KNOWN_FLAGS: Final = FLAG_AFTER_SYNC
 # -- record types (docs/format.md §5) ---------------------------------------------------------
 RECORD_DATA: Final = 1
 RECORD_BATCH: Final = 2
+RECORD_CHECKPOINT: Final = 3
+RECORD_CHECKPOINT_DROP: Final = 4
+RECORD_DISCARD: Final = 5
 
 # -- the durability hint in LOCK (docs/format.md §8.1) -----------------------------------------
 LOCK_FILE: Final = "LOCK"
@@ -65,6 +70,38 @@ def unpack_hint(buf: bytes, epoch: int) -> int | None:
     if magic != HINT_MAGIC or check != xxh3(buf[:HINT_CHECKED]) or hint_epoch != epoch:
         return None
     return int(durable_lsn)
+
+
+# -- the log start, wal/START (docs/format.md §2.2) -------------------------------------------
+START_FILE: Final = "START"
+START_MAGIC: Final = b"WFSTSTRT"
+START_HEADER = struct.Struct("<8sHHIQQQQQQ")
+START_HEADER_SIZE: Final = 64
+assert START_HEADER.size == START_HEADER_SIZE
+START_HEADER_CHECKED: Final = 56  # header_checksum covers bytes 0..55
+
+# -- checkpoint files (docs/format.md §9.1) ---------------------------------------------------
+CHECKPOINTS_DIR: Final = "checkpoints"
+CHECKPOINT_MAGIC: Final = b"WFSTCKPT"
+CHECKPOINT_HEADER = struct.Struct("<8sHHBBHQQIIQQQ")
+CHECKPOINT_HEADER_SIZE: Final = 64
+assert CHECKPOINT_HEADER.size == CHECKPOINT_HEADER_SIZE
+CHECKPOINT_HEADER_CHECKED: Final = 56  # header_checksum covers bytes 0..55
+CHECKPOINT_FULL: Final = 1
+CHECKPOINT_INCREMENTAL: Final = 2
+CHECKPOINT_SUFFIX: Final = ".ckpt"
+FOLDED_SUFFIX: Final = ".folded.ckpt"
+_CHECKPOINT_ID = re.compile(r"^ck-[0-9a-f]{16}$")
+
+
+def checkpoint_file_name(checkpoint_id: str, *, folded: bool = False) -> str:
+    """The file name of checkpoint ``checkpoint_id`` in ``checkpoints/`` (§1, §9.3)."""
+    return checkpoint_id + (FOLDED_SUFFIX if folded else CHECKPOINT_SUFFIX)
+
+
+def is_checkpoint_id(value: str) -> bool:
+    """Whether ``value`` has the form of a checkpoint id (``ck-`` and 16 hex digits)."""
+    return _CHECKPOINT_ID.match(value) is not None
 
 
 # -- names (docs/format.md §1, §2) ------------------------------------------------------------
