@@ -37,6 +37,7 @@ from tests.bytesutil import (
     write_bytes,
 )
 from wfstate.errors import CorruptionError, FormatVersionError, TornWriteError, WfstateError
+from wfstate.format import FORMAT_VERSION
 from wfstate.fs import OS_FS
 from wfstate.wal import Compression, Log, LogDamage, LogScan, Record, RecoveryMode
 
@@ -697,12 +698,13 @@ def test_newer_format_version_is_refused(tmp_path: Path, segment: str) -> None:
     write_log(wal, SIX if segment == "only" else [noise(700, i) for i in range(8)])
     seg = segment_paths(wal)[0]
     data = bytearray(read_bytes(seg))
-    struct.pack_into("<H", data, 8, 2)
+    struct.pack_into("<H", data, 8, FORMAT_VERSION + 1)
     write_bytes(seg, reseal_header(bytes(data)))
     before = snapshot(wal)
     with pytest.raises(FormatVersionError) as raised:
         open_read(wal)
-    assert (raised.value.path, raised.value.found, raised.value.supported) == (seg, 2, 1)
+    found = (raised.value.path, raised.value.found, raised.value.supported)
+    assert found == (seg, FORMAT_VERSION + 1, FORMAT_VERSION)
     with pytest.raises(FormatVersionError):
         scan(wal)
     assert snapshot(wal) == before

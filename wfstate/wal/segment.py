@@ -17,6 +17,7 @@ from wfstate.format import (
     FORMAT_VERSION,
     KNOWN_FLAGS,
     MAX_PAYLOAD,
+    READABLE_VERSIONS,
     RECORD_ALIGN,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER,
@@ -66,7 +67,7 @@ def read_segment_header(buf: bytes, seg: SegmentFile, epoch: int | None) -> Segm
         raise CorruptionError(seg.path, 56, "segment header checksum mismatch")
     if version > FORMAT_VERSION:
         raise FormatVersionError(seg.path, version, FORMAT_VERSION)
-    if version != FORMAT_VERSION or header_size != SEGMENT_HEADER_SIZE or flags or reserved:
+    if version not in READABLE_VERSIONS or header_size != SEGMENT_HEADER_SIZE or flags or reserved:
         raise CorruptionError(seg.path, 8, "segment header fields out of range")
     if hdr_epoch == 0 or (epoch is not None and hdr_epoch != epoch):
         raise CorruptionError(
