@@ -79,6 +79,48 @@ START_HEADER = struct.Struct("<8sHHIQQQQQQ")
 START_HEADER_SIZE: Final = 64
 assert START_HEADER.size == START_HEADER_SIZE
 START_HEADER_CHECKED: Final = 56  # header_checksum covers bytes 0..55
+START_MIN_SEQ: Final = 2  # START never names segment 1: that is the log without a START
+
+
+class LogStart(NamedTuple):
+    """The content of ``wal/START``: where the log starts, and the anchor standing in for the
+    records before it (docs/format.md §2.2). ``seq``, ``first_lsn`` and ``prev_checksum`` are
+    those of the first segment of the log."""
+
+    epoch: int
+    seq: int
+    first_lsn: int
+    prev_checksum: int
+    anchor: bytes
+
+
+def pack_start(start: LogStart) -> bytes:
+    """The bytes of a ``wal/START`` file: the 64-byte header, checksums included, then the
+    anchor. The caller validates the fields (``wfstate.wal.start`` does)."""
+    body = START_HEADER.pack(
+        START_MAGIC,
+        FORMAT_VERSION,
+        START_HEADER_SIZE,
+        len(start.anchor),
+        start.epoch,
+        start.seq,
+        start.first_lsn,
+        start.prev_checksum,
+        xxh3(start.anchor),
+        0,
+    )[:START_HEADER_CHECKED]
+    return body + struct.pack("<Q", xxh3(body)) + start.anchor
+
+
+def unpack_start_header(buf: bytes) -> tuple[bytes, int, int, int, int, int, int, int, int, int]:
+    """The ten header fields of a START file (the caller checks that 64 bytes exist):
+    magic, format_version, header_size, anchor_length, epoch, seq, first_lsn, prev_checksum,
+    anchor_checksum, header_checksum."""
+    magic, version, size, length, epoch, seq, first, prev, anchor_check, check = (
+        START_HEADER.unpack_from(buf, 0)
+    )
+    return magic, version, size, length, epoch, seq, first, prev, anchor_check, check
+
 
 # -- checkpoint files (docs/format.md §9.1) ---------------------------------------------------
 CHECKPOINTS_DIR: Final = "checkpoints"

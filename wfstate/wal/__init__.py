@@ -1,5 +1,6 @@
 """The write-ahead log: segments of checksummed, chained, compressed records (docs/format.md)."""
 
+from wfstate.format import LogStart
 from wfstate.wal.codec import Compression
 from wfstate.wal.log import DEFAULT_SEGMENT_SIZE, DURABILITY_LEVELS, Durability, Log
 from wfstate.wal.reader import (
@@ -20,6 +21,7 @@ __all__ = [
     "Log",
     "LogDamage",
     "LogScan",
+    "LogStart",
     "Record",
     "RecoveryMode",
     "list_segments",

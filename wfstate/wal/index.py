@@ -4,7 +4,8 @@ A :class:`RecordIndex` maps an LSN to its segment, offset, size and chain seed (
 of the record before it), which is all :func:`read_record_at` needs to read the record back
 *and verify it*: the stored checksum must match the bytes seeded with the predecessor's, so a
 record read by position is as trustworthy as one read by a full scan. A handle fills its
-index from what it reads at open, writes, and catches up on; 20 bytes per record.
+index from what it reads at open, writes, and catches up on; 20 bytes per record. When the
+log's beginning is discarded, :meth:`RecordIndex.drop_before` forgets the records before it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import bisect
 from array import array
 
-from wfstate.errors import CorruptionError
+from wfstate.errors import CorruptionError, NotFoundError
 from wfstate.format import RECORD_HEADER_SIZE, unpack_record_header, xxh3
 from wfstate.fs import FileSystem
 from wfstate.wal.codec import decompress
@@ -34,33 +35,53 @@ class _Span:
 
 
 class RecordIndex:
-    """LSN → location of the records added. Appends come from one thread at a time."""
+    """LSN → location of the records added. Appends come from one thread at a time;
+    :meth:`drop_before` from a thread that excludes appends. :meth:`locate` may run in any
+    thread at any time: the spans and their first LSNs are replaced together, as one tuple."""
 
     def __init__(self) -> None:
-        self._spans: list[_Span] = []
-        self._firsts: list[int] = []
+        self._table: tuple[list[_Span], list[int]] = ([], [])
         self._next = 0
 
     def add(self, segment: SegmentFile, lsn: int, offset: int, size: int, seed: int) -> None:
         """Record where ``lsn`` is. LSNs come in increasing order; one already known is
         ignored, and a gap (records a salvage recovery mode skipped) starts a new span."""
-        if self._spans and lsn < self._next:
+        spans, firsts = self._table
+        if spans and lsn < self._next:
             return
-        if not self._spans or lsn != self._next or self._spans[-1].path != segment.path:
-            self._spans.append(_Span(segment.path, lsn))
-            self._firsts.append(lsn)
-        span = self._spans[-1]
+        if not spans or lsn != self._next or spans[-1].path != segment.path:
+            spans.append(_Span(segment.path, lsn))  # before firsts: see locate
+            firsts.append(lsn)
+        span = spans[-1]
         span.offsets.append(offset)
         span.sizes.append(size)
         span.seeds.append(seed)
         self._next = lsn + 1
 
+    def drop_before(self, lsn: int) -> None:
+        """Forget every record before ``lsn`` (they were discarded); later ones stay."""
+        kept: list[_Span] = []
+        for span in self._table[0]:
+            if span.first_lsn + len(span.offsets) <= lsn:
+                continue
+            if span.first_lsn >= lsn:
+                kept.append(span)
+                continue
+            cut = lsn - span.first_lsn
+            trimmed = _Span(span.path, lsn)
+            trimmed.offsets = span.offsets[cut:]
+            trimmed.sizes = span.sizes[cut:]
+            trimmed.seeds = span.seeds[cut:]
+            kept.append(trimmed)
+        self._table = (kept, [s.first_lsn for s in kept])
+
     def locate(self, lsn: int) -> tuple[str, int, int, int] | None:
         """``(segment path, offset, size, seed)`` of ``lsn``, or None if it is not indexed."""
-        i = bisect.bisect_right(self._firsts, lsn) - 1
+        spans, firsts = self._table
+        i = bisect.bisect_right(firsts, lsn) - 1
         if i < 0 or lsn >= self._next:
             return None
-        span = self._spans[i]
+        span = spans[i]
         k = lsn - span.first_lsn
         if k >= len(span.offsets):
             return None
@@ -70,12 +91,18 @@ class RecordIndex:
 def read_record_at(fs: FileSystem, lsn: int, where: tuple[str, int, int, int]) -> Record:
     """Read record ``lsn`` at ``where`` (from :meth:`RecordIndex.locate`) and verify it.
 
+    ``NotFoundError`` if its segment file no longer exists (another handle discarded it).
     ``CorruptionError`` if the bytes there are not that record: wrong LSN, short, or a
     checksum that does not verify with the predecessor's (the file changed since it was
     indexed, or the disk returned other bytes).
     """
     path, offset, size, seed = where
-    buf = fs.read_range(path, offset, size)
+    try:
+        buf = fs.read_range(path, offset, size)
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"lsn: record {lsn} is gone with its segment {path} (discarded by another handle)"
+        ) from None
     if len(buf) != size:
         raise CorruptionError(path, offset, f"record LSN {lsn} is cut short ({len(buf)} of {size})")
     h = unpack_record_header(buf, 0)

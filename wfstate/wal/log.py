@@ -22,6 +22,12 @@ the durability hint, and gives the lock back once nothing is queued. Readers tak
 (:meth:`Log.follow`). A handle that has held the lock for ``_MAX_TENURE_S`` while its own threads
 kept it busy lets it go for ``_YIELD_PAUSE_S``, so other processes get a turn.
 
+The beginning of the log can be discarded (:meth:`Log.discard_before`, docs/format.md §2.2):
+``wal/START`` then names the first segment and carries an *anchor*, opaque bytes from the layer
+above that stand in for the records discarded. A handle whose view ends in a segment another
+handle discarded continues from START when it catches up, handing the anchor to
+``on_discard`` before the records from START's segment.
+
 A failed write or sync *poisons* the log: the failing append and every later one raise
 :class:`StorePoisonedError`; nothing is retried (after a failed fsync the kernel may have
 dropped the pages and report later fsyncs as successful). Reopening recovers from the disk.
@@ -29,6 +35,7 @@ dropped the pages and report later fsyncs as successful). Reopening recovers fro
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -52,6 +59,8 @@ from wfstate.format import (
     RECORD_DATA,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
+    START_MIN_SEQ,
+    LogStart,
     SegmentHeader,
     frame_record,
     pack_hint,
@@ -70,10 +79,12 @@ from wfstate.wal.reader import (
     RecoveryMode,
     TailPosition,
     check_mode,
+    log_files,
 )
-from wfstate.wal.recovery import create_segment, recover
-from wfstate.wal.segment import SegmentFile
-from wfstate.wal.tail import follow
+from wfstate.wal.recovery import create_segment, delete_segments, recover
+from wfstate.wal.segment import SegmentFile, read_segment_header
+from wfstate.wal.start import write_start
+from wfstate.wal.tail import Followed, follow
 
 Durability = Literal["always", "interval", "none"]
 DURABILITY_LEVELS: Final[tuple[Durability, ...]] = ("always", "interval", "none")
@@ -85,6 +96,7 @@ DEFAULT_LOCK_TIMEOUT: Final = 30.0
 # A queued record: (lsn, type, codec, raw length, stored body)
 _Queued = tuple[int, int, int, int, bytes]
 ForeignCallback = Callable[[Record], None]
+DiscardCallback = Callable[[bytes, int], None]
 
 #: Waiting for the writers' lock polls it, backing off from the first delay to the last.
 _FIRST_POLL_S: Final = 0.00005
@@ -121,6 +133,8 @@ class Log:
         self._yielding = False
         self._resume_at = 0.0  # after yielding, do not take the lock back before this
         self._index = RecordIndex()  # records read, written or followed by this handle
+        self._start: LogStart | None = None  # the log start this handle's view is under
+        self._new_segment_at: set[int] = set()  # LSNs that must begin a segment (start_segment)
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -136,6 +150,7 @@ class Log:
         mode: RecoveryMode = "tolerate_torn_tail",
         on_damage: DamageCallback | None = None,
         on_foreign: ForeignCallback | None = None,
+        on_discard: DiscardCallback | None = None,
         lock_path: str | None = None,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         epoch: int | None = None,
@@ -152,8 +167,13 @@ class Log:
         record another process or handle appended, when this handle catches up (in
         :meth:`writing` and :meth:`follow`, on the calling thread, with this log's internal
         lock held: it must not call back into the log); if it raises, the log is poisoned (this
-        view has passed records its owner did not take). ``epoch`` is used only when a new log
-        is created (tests pin it for golden bytes). Options are validated before anything is
+        view has passed records its owner did not take). ``on_discard(anchor, first_lsn)`` is
+        called, under the same rules, when catching up finds that another handle discarded the
+        segment this handle's view ends in: the log now starts at ``first_lsn`` and ``anchor``
+        stands in for every record before it; it is called before any record from
+        ``first_lsn`` on goes to ``on_foreign``, and the records this handle skipped are never
+        delivered (see :meth:`discard_before`). ``epoch`` is used only when a new log is
+        created (tests pin it for golden bytes). Options are validated before anything is
         created; a bad one raises ``ValidationError`` naming it.
         """
         if durability not in DURABILITY_LEVELS:
@@ -192,6 +212,7 @@ class Log:
         log._mode = mode
         log._on_damage = on_damage
         log._on_foreign = on_foreign
+        log._on_discard = on_discard
         log._lock_timeout = float(lock_timeout)
         log._lock = fs.open_lock(lock_path)
         try:
@@ -216,6 +237,7 @@ class Log:
                 fs, self._dir, mode=self._mode, on_damage=self._on_damage, epoch=epoch
             )
             self.recovery = recovered.damage
+            self._start = recovered.start
             tail = recovered.tail
             self.epoch = tail.epoch
             fd = fs.open_append(tail.segment.path)
@@ -251,6 +273,7 @@ class Log:
     _mode: RecoveryMode
     _on_damage: DamageCallback | None
     _on_foreign: ForeignCallback | None
+    _on_discard: DiscardCallback | None
     _lock_timeout: float
     _lock: object
     _segment: SegmentFile
@@ -278,6 +301,19 @@ class Log:
         """LSN of the last record appended (acknowledged or not yet); 0 for an empty log."""
         with self._cond:
             return self._next_lsn - 1
+
+    @property
+    def first_lsn(self) -> int:
+        """The first LSN of the log as this handle sees it: 1, or START's after a discard."""
+        with self._cond:
+            return self._start.first_lsn if self._start is not None else 1
+
+    @property
+    def anchor(self) -> bytes:
+        """The anchor START carries (what stands in for the records before :attr:`first_lsn`);
+        ``b""`` when nothing was discarded."""
+        with self._cond:
+            return self._start.anchor if self._start is not None else b""
 
     @property
     def durable_lsn(self) -> int:
@@ -340,10 +376,10 @@ class Log:
                 self._reserved -= 1
                 self._release_if_idle()
 
-    def _enqueue_held(self, payload: bytes, record_type: int) -> int:
+    def _enqueue_held(self, payload: bytes, record_type: int, *, new_segment: bool) -> int:
         queued = self._prepare(payload, record_type)
         with self._cond:
-            return self._queue(queued)
+            return self._queue(queued, new_segment=new_segment)
 
     def _prepare(self, payload: bytes, record_type: int) -> tuple[int, int, int, bytes]:
         """Validate and compress a record (no lock needed): (type, codec, raw length, body)."""
@@ -359,11 +395,14 @@ class Log:
         codec, body = compress(bytes(payload), self._compression)
         return record_type, codec, size, body
 
-    def _queue(self, prepared: tuple[int, int, int, bytes]) -> int:
-        """Give a prepared record its LSN and queue it (lock held, writers' lock held)."""
+    def _queue(self, prepared: tuple[int, int, int, bytes], *, new_segment: bool = False) -> int:
+        """Give a prepared record its LSN and queue it (lock held, writers' lock held);
+        ``new_segment``: the record must begin a segment (:meth:`LogWriter.start_segment`)."""
         self._check_usable()
         lsn = self._next_lsn
         self._next_lsn = lsn + 1
+        if new_segment:
+            self._new_segment_at.add(lsn)
         self._pending.append((lsn, *prepared))
         if self._durability != "always":
             self._write_pending(sync=False)
@@ -476,15 +515,23 @@ class Log:
         fs = self._fs
         segment = self._segment
         next_name = segment_name(segment.seq + 1, self._written_lsn + 1)
-        if fs.file_size(segment.path) == self._segment_bytes and not fs.exists(
-            self._dir + os.sep + next_name
-        ):
-            return  # nobody wrote since (the common case, checked with two stat calls)
+        try:
+            if fs.file_size(segment.path) == self._segment_bytes and not fs.exists(
+                self._dir + os.sep + next_name
+            ):
+                return  # nobody wrote since (the common case, checked with two stat calls)
+        except FileNotFoundError:
+            pass  # the segment was discarded: follow() goes on from START
         position = TailPosition(
             self._segment, self._segment_bytes, self._seed, self._written_lsn + 1, self.epoch
         )
         found = follow(
-            self._fs, self._dir, position, repair=repair, decode=self._on_foreign is not None
+            self._fs,
+            self._dir,
+            position,
+            repair=repair,
+            decode=self._on_foreign is not None,
+            start=self._start,
         )
         for damage in found.damage:
             self.recovery.append(damage)
@@ -495,7 +542,8 @@ class Log:
             fd = self._fs.open_append(tail.segment.path)
             self._fs.close(self._fd)
             self._fd = fd
-            # whoever created the newer segment synced every one before it first
+            # whoever created the newer segment synced every one before it first (and a
+            # discard made every record before START's segment durable)
             self._durable_lsn = max(self._durable_lsn, tail.segment.first_lsn - 1)
         self._move_to(tail)
         last = tail.next_lsn - 1
@@ -508,15 +556,32 @@ class Log:
             self._index.add(
                 passed.segment, passed.record.lsn, passed.offset, passed.size, passed.seed
             )
-        if self._on_foreign is not None:
-            try:
-                for passed in found.records:
+        if found.start is not self._start and found.start is not None:
+            self._start = found.start
+            self._index.drop_before(found.start.first_lsn)
+        self._deliver(found)
+
+    def _deliver(self, found: Followed) -> None:
+        """Hand what catching up found to ``on_discard`` and ``on_foreign``, in log order."""
+        start = found.start if found.jumped else None
+        try:
+            for passed in found.records:
+                if start is not None and passed.record.lsn >= start.first_lsn:
+                    self._hand_anchor(start)
+                    start = None
+                if self._on_foreign is not None:
                     self._on_foreign(passed.record)
-            except BaseException as exc:
-                # This view has moved past records its owner could not take: writing on would
-                # build on a state that lacks them. Stop; reopening judges the log afresh.
-                self._poison = exc
-                raise
+            if start is not None:
+                self._hand_anchor(start)
+        except BaseException as exc:
+            # This view has moved past records its owner could not take: writing on would
+            # build on a state that lacks them. Stop; reopening judges the log afresh.
+            self._poison = exc
+            raise
+
+    def _hand_anchor(self, start: LogStart) -> None:
+        if self._on_discard is not None:
+            self._on_discard(start.anchor, start.first_lsn)
 
     def _move_to(self, tail: TailPosition) -> None:
         self._segment = tail.segment
@@ -589,14 +654,32 @@ class Log:
             self._durable_lsn = self._written_lsn
 
     def _write(self, batch: list[_Queued], *, sync: bool) -> None:
-        """Frame ``batch``, rotate first if the segment is full, write it in one call, sync.
+        """Write ``batch``, each record that must begin a segment (:meth:`LogWriter.start_segment`)
+        in a new one, then sync if asked (the last segment written; the others were synced
+        when they were left).
 
         Called by exactly one thread at a time (the leader, or a holder of the lock), holding
         the writers' lock.
         """
+        starts = self._new_segment_at
+        if starts:
+            cuts = [i for i, q in enumerate(batch) if q[0] in starts]
+            for i, j in itertools.pairwise([0, *[c for c in cuts if c], len(batch)]):
+                starts.discard(batch[i][0])
+                self._write_group(batch[i:j], new_segment=i in cuts)
+        else:
+            self._write_group(batch, new_segment=False)
+        if sync:
+            self._fs.fdatasync(self._fd)
+
+    def _write_group(self, batch: list[_Queued], *, new_segment: bool) -> None:
+        """Frame ``batch`` and write it in one call into the current segment, rotating first
+        if the segment is full, or if ``new_segment`` and the segment holds records."""
         first_lsn = batch[0][0]
         size = sum(RECORD_HEADER_SIZE + pad8(len(q[4])) for q in batch)
-        if self._segment_records and self._segment_bytes + size > self._segment_size:
+        if self._segment_records and (
+            new_segment or self._segment_bytes + size > self._segment_size
+        ):
             self._rotate(first_lsn)
         # Every earlier byte is durable: under "always" the previous group was synced before
         # this leader started; otherwise only if nothing was written since the last sync.
@@ -624,8 +707,6 @@ class Log:
         self._seed = seed
         self._segment_bytes += len(data)
         self._segment_records += len(batch)
-        if sync:
-            self._fs.fdatasync(self._fd)
 
     def _rotate(self, first_lsn: int) -> None:
         """Close the full segment (synced) and start the next one at ``first_lsn``."""
@@ -706,11 +787,15 @@ class Log:
     def read(self, from_lsn: int = 1) -> Iterator[Record]:
         """Each record from ``from_lsn`` up to the last one this handle knows of at the call.
 
-        Damage met on the way is handled by the recovery mode the log was opened with (the tail
-        was repaired at open): ``CorruptionError`` for corruption, except that
-        ``skip_corrupted`` skips (and reports to ``on_damage``) what it skipped at open.
-        Records other writers appended since this handle last caught up are not included
-        (:meth:`follow` first).
+        The log starts at :attr:`first_lsn`: a ``from_lsn`` below it starts there (what came
+        before is what :attr:`anchor` stands for), so ``read()`` is the whole log. Damage met
+        on the way is handled by the recovery mode the log was opened with (the tail was
+        repaired at open): ``CorruptionError`` for corruption, except that ``skip_corrupted``
+        skips (and reports to ``on_damage``) what it skipped at open. Records other writers
+        appended since this handle last caught up are not included (:meth:`follow` first).
+        When another handle moved the start of the log, this handle takes the new start (and
+        reads from it) if its own view was not discarded; if it was, ``NotFoundError``
+        (:meth:`follow` first: this handle then gets the anchor in place of those records).
         """
         _positive_int("from_lsn", from_lsn, 1)
         with self._cond:
@@ -718,6 +803,7 @@ class Log:
                 self._cond.wait()
             self._check_usable()
             to_lsn = self._written_lsn
+            from_lsn = max(from_lsn, self._start.first_lsn if self._start is not None else 1)
         if from_lsn > to_lsn:
             return iter(())
         scan = LogScan(
@@ -729,13 +815,102 @@ class Log:
             on_damage=self._on_damage,
             epoch=self.epoch,
         )
+        if scan.start is not None and scan.first_lsn > from_lsn:
+            self._adopt_start(scan.start)
         return scan.records(located=self._index.add)
+
+    def _adopt_start(self, start: LogStart) -> None:
+        """Take a START another handle wrote, found by :meth:`read`: when this handle's view
+        is not discarded by it, the records before it are simply no longer part of the log
+        (this handle's owner has already taken them); when it is, ``NotFoundError``: only
+        catching up may move past them, handing over the anchor (``on_discard``)."""
+        with self._cond:
+            while self._flushing:
+                self._cond.wait()
+            if self._start is not None and start.seq <= self._start.seq:
+                return
+            if start.seq > self._segment.seq:
+                raise NotFoundError(
+                    f"lsn: the records of this handle's view up to {start.first_lsn - 1} were "
+                    "discarded by another handle; follow() to continue from where the log now "
+                    "starts"
+                )
+            self._start = start
+            self._index.drop_before(start.first_lsn)
+
+    # -- discarding the beginning of the log ---------------------------------------------------
+    def discard_before(self, lsn: int, anchor: bytes) -> None:
+        """Discard every segment before the one whose first record is ``lsn`` (format §2.2).
+
+        ``lsn`` must be the first LSN of a segment of the log other than segment 1 (a
+        :meth:`LogWriter.start_segment` makes one); else ``ValidationError`` naming ``lsn``.
+        ``anchor`` (up to 2^30 bytes, opaque to the log) is what stands in for the records
+        discarded: it is kept in ``wal/START`` and handed to whoever reads the log from now on
+        (:attr:`anchor`; ``on_discard`` of handles whose view is discarded).
+
+        Holding the writers' lock (taken and caught up as for a write): every record appended
+        so far is made durable; START is written naming that segment (temp, fsync, rename,
+        fsync of the directory: the commit point); the segments before it are deleted, lowest
+        first, and the directory synced. A crash before the rename leaves the log as it was;
+        after it, the discard has happened and the next open deletes what is left of the old
+        segments. Calling it again with the same ``lsn`` rewrites START with the new anchor and
+        changes nothing else. Afterwards records before ``lsn`` are not readable through this
+        handle (:meth:`read` starts at ``lsn``, :meth:`read_at` raises ``NotFoundError``). A
+        failed write, sync, rename or unlink poisons the log, as for an append.
+        """
+        _positive_int("lsn", lsn, 1)
+        if not isinstance(anchor, bytes | bytearray | memoryview):
+            raise ValidationError("anchor", f"must be bytes, not {type(anchor).__name__}")
+        anchor = bytes(anchor)
+        if len(anchor) > MAX_PAYLOAD:
+            raise ValidationError("anchor", f"size {len(anchor)} is over {MAX_PAYLOAD}")
+        with self._cond:
+            self._take_tenure()
+            self._reserved += 1
+            try:
+                while self._flushing:
+                    self._cond.wait()
+                self._check_usable()
+                # Every record before lsn must be durable; sync everything (as sync() does).
+                self._write_pending(sync=True)
+                self._cond.notify_all()
+                self._discard_held(lsn, anchor)
+            finally:
+                self._reserved -= 1
+                self._release_if_idle()
+
+    def _discard_held(self, lsn: int, anchor: bytes) -> None:
+        """The discard itself (``_cond`` and the writers' lock held, no flush running, every
+        record durable)."""
+        fs = self._fs
+        files = log_files(fs, self._dir)
+        named = [s for s in files.segments if s.first_lsn == lsn and s.seq >= START_MIN_SEQ]
+        if not named or lsn > self._next_lsn:
+            raise ValidationError(
+                "lsn", f"{lsn} is not the first LSN of a segment of the log after the first"
+            )
+        target = named[0]
+        head = fs.read_range(target.path, 0, SEGMENT_HEADER_SIZE)
+        header = read_segment_header(head, target, self.epoch)
+        start = LogStart(self.epoch, target.seq, target.first_lsn, header.prev_checksum, anchor)
+        before = [s for s in files.leftovers + files.segments if s.seq < target.seq]
+        try:
+            write_start(fs, self._dir, start)  # the commit point
+            self._start = start
+            self._index.drop_before(target.first_lsn)
+            delete_segments(fs, self._dir, before)
+        except BaseException as exc:
+            self._poison = exc  # whether START or the deletions are durable is unknown
+            self._give_up_tenure()
+            self._check_usable()  # raises StorePoisonedError, chained to exc
+            raise
 
     def read_at(self, lsn: int) -> Record:
         """Record ``lsn``, read by position and verified by its chain seed.
 
-        The record must be one this handle read (:meth:`read`), wrote or caught up on;
-        ``NotFoundError`` otherwise. ``CorruptionError`` if the bytes at its place changed.
+        The record must be one this handle read (:meth:`read`), wrote or caught up on, and not
+        discarded since (:meth:`discard_before`); ``NotFoundError`` otherwise.
+        ``CorruptionError`` if the bytes at its place changed.
         """
         where = self._index.locate(lsn)
         if where is None:
@@ -746,14 +921,29 @@ class Log:
 class LogWriter:
     """Enqueues records while its :meth:`Log.writing` block holds the writers' lock."""
 
-    __slots__ = ("_log",)
+    __slots__ = ("_log", "_new_segment")
 
     def __init__(self, log: Log) -> None:
         self._log = log
+        self._new_segment = False
 
     def enqueue(self, payload: bytes, *, record_type: int = RECORD_DATA) -> int:
         """Give the record its LSN and queue it (see :meth:`Log.enqueue`)."""
-        return self._log._enqueue_held(payload, record_type)
+        lsn = self._log._enqueue_held(payload, record_type, new_segment=self._new_segment)
+        self._new_segment = False
+        return lsn
+
+    def start_segment(self) -> None:
+        """Make the next record enqueued in this block the first record of a segment.
+
+        When that record is written, the segment before it is synced and left exactly as at a
+        size-based rotation, and a new segment begins with it; if the current segment holds
+        no record yet, the record simply begins it. Nothing happens until a record is
+        enqueued: with none after this call, no segment is created. So a store can write a
+        record (a ``DISCARD``) whose LSN is a segment's first LSN, and then
+        :meth:`Log.discard_before` that LSN.
+        """
+        self._new_segment = True
 
 
 _OPEN_TOKEN: Final = object()

@@ -15,8 +15,8 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from wfstate.errors import CorruptionError, TornWriteError, ValidationError
-from wfstate.format import SEGMENT_HEADER_SIZE, RecordHeader, parse_segment_name
+from wfstate.errors import CorruptionError, NotFoundError, TornWriteError, ValidationError
+from wfstate.format import SEGMENT_HEADER_SIZE, LogStart, RecordHeader, parse_segment_name
 from wfstate.fs import FileSystem
 from wfstate.wal.codec import decompress
 from wfstate.wal.segment import (
@@ -28,6 +28,7 @@ from wfstate.wal.segment import (
     resync,
     walk,
 )
+from wfstate.wal.start import read_start, start_path, start_segment_mismatch
 
 RecoveryMode = Literal["tolerate_torn_tail", "absolute", "point_in_time", "skip_corrupted"]
 RECOVERY_MODES: tuple[RecoveryMode, ...] = (
@@ -86,8 +87,9 @@ class TailPosition(NamedTuple):
     epoch: int
 
 
-def list_segments(fs: FileSystem, wal_dir: str) -> list[SegmentFile]:
-    """The segment files of ``wal_dir`` in sequence order (gaps are the scan's to judge)."""
+def segment_files(fs: FileSystem, wal_dir: str) -> list[SegmentFile]:
+    """Every segment file of ``wal_dir`` in sequence order, whether part of the log or not
+    (gaps are the scan's to judge; files before START are :func:`log_files`' to set apart)."""
     found: list[SegmentFile] = []
     for name in fs.listdir(wal_dir):
         parsed = parse_segment_name(name)
@@ -96,6 +98,39 @@ def list_segments(fs: FileSystem, wal_dir: str) -> list[SegmentFile]:
             found.append(SegmentFile(name, os.path.join(wal_dir, name), seq, first_lsn))
     found.sort(key=lambda s: s.seq)
     return found
+
+
+class LogFiles(NamedTuple):
+    """The files of a log directory: its START, its segments, and segment files left over."""
+
+    start: LogStart | None
+    """The log start (docs/format.md §2.2); None when the log starts at segment 1."""
+    segments: list[SegmentFile]
+    """The segment files from START's segment on, in sequence order: the log."""
+    leftovers: list[SegmentFile]
+    """Segment files before START's segment: discarded, never read (recovery deletes them)."""
+
+
+def log_files(fs: FileSystem, wal_dir: str) -> LogFiles:
+    """The START and the segment files of ``wal_dir``, split at START (§2.2).
+
+    The directory is listed *before* START is read. A discard renames START into place before
+    it deletes any segment, so a listing that already lacks a discarded segment is always
+    paired with the START that discarded it: no reader mistakes a discard for a missing
+    segment. ``CorruptionError`` for a START that breaks a rule of §2.2.
+    """
+    files = segment_files(fs, wal_dir)
+    start = read_start(fs, wal_dir)
+    if start is None:
+        return LogFiles(None, files, [])
+    keep = [s for s in files if s.seq >= start.seq]
+    return LogFiles(start, keep, files[: len(files) - len(keep)])
+
+
+def list_segments(fs: FileSystem, wal_dir: str) -> list[SegmentFile]:
+    """The segment files of the log in ``wal_dir`` in sequence order: from the segment START
+    names on (every segment when there is no START); discarded leftovers are not listed."""
+    return log_files(fs, wal_dir).segments
 
 
 DamageCallback = Callable[[LogDamage], None]
@@ -110,12 +145,17 @@ class LogScan:
     or the damaged offset where the mode ended the log (None if stopped early by ``to_lsn``, or
     if nothing at all was readable). :attr:`damage` lists everything reported.
 
-    ``from_lsn`` starts at the segment holding that LSN, trusting that segment's header for the
-    chain; ``to_lsn`` stops after that LSN without looking further (for reading a log while it
-    is being appended to). ``epoch`` is the store's epoch; when None it is taken from the first
-    segment's header, so that a segment of another store is refused wherever the scan starts.
-    ``last_may_be_torn=False`` judges the last segment like every other (recovery passes it
-    after setting aside a torn segment creation: its predecessor was synced before it began).
+    The log starts where its START says (docs/format.md §2.2): segment files before START's
+    segment are never read, and START's segment must carry START's epoch, first LSN and chain
+    seed. ``from_lsn`` below the log's first LSN (:attr:`first_lsn`) starts at that first LSN;
+    otherwise the scan starts at the segment holding ``from_lsn``, trusting that segment's
+    header for the chain. ``to_lsn`` stops after that LSN without looking further (for reading
+    a log while it is being appended to). ``epoch`` is the store's epoch; when None it is
+    START's, or taken from the first segment's header, so that a segment of another store is
+    refused wherever the scan starts. ``segments`` and ``start`` (given together, by recovery)
+    replace listing the directory and reading START. ``last_may_be_torn=False`` judges the last
+    segment like every other (recovery passes it after setting aside a torn segment creation:
+    its predecessor was synced before it began).
     """
 
     def __init__(
@@ -128,6 +168,7 @@ class LogScan:
         to_lsn: int | None = None,
         on_damage: DamageCallback | None = None,
         segments: list[SegmentFile] | None = None,
+        start: LogStart | None = None,
         epoch: int | None = None,
         last_may_be_torn: bool = True,
     ) -> None:
@@ -138,10 +179,21 @@ class LogScan:
         self._to_lsn = to_lsn
         self._on_damage = on_damage
         self._last_may_be_torn = last_may_be_torn
-        self._segments = segments if segments is not None else list_segments(fs, wal_dir)
+        if segments is None:
+            start, segments, _leftovers = log_files(fs, wal_dir)
+        self._segments = segments
+        self.start = start
+        """The START the scan honours (None: the log starts at segment 1)."""
         self.damage: list[LogDamage] = []
         self.tail: TailPosition | None = None
-        self.epoch: int | None = epoch if epoch is not None else store_epoch(fs, self._segments)
+        if epoch is None:
+            epoch = start.epoch if start is not None else store_epoch(fs, segments)
+        self.epoch: int | None = epoch
+
+    @property
+    def first_lsn(self) -> int:
+        """The LSN the log starts at: START's first LSN, or 1."""
+        return self.start.first_lsn if self.start is not None else 1
 
     def _report(self, damage: LogDamage) -> None:
         self.damage.append(damage)
@@ -177,22 +229,49 @@ class LogScan:
 
     def _corrupt(self, seg: SegmentFile, offset: int, length: int, reason: str) -> None:
         """Report corruption; raise unless the mode goes on past it."""
-        self._report(LogDamage("corruption", seg.path, offset, length, reason))
+        self._corrupt_at(seg.path, offset, length, reason)
+
+    def _corrupt_at(self, path: str, offset: int, length: int, reason: str) -> None:
+        self._report(LogDamage("corruption", path, offset, length, reason))
         if self._mode in ("tolerate_torn_tail", "absolute"):
-            raise CorruptionError(seg.path, offset, reason)
+            raise CorruptionError(path, offset, reason)
+
+    def _read_segment(self, seg: SegmentFile) -> bytes:
+        """The bytes of ``seg``. A segment that vanished since the listing was discarded by
+        another process (``NotFoundError`` when a newer START covers it) or removed by hand
+        (``CorruptionError``)."""
+        try:
+            return self._fs.read_file(seg.path)
+        except FileNotFoundError:
+            now = read_start(self._fs, self._dir)
+            if now is not None and now.seq > seg.seq:
+                raise NotFoundError(
+                    f"lsn: the records of {seg.name} were discarded while they were read "
+                    f"(the log now starts at LSN {now.first_lsn})"
+                ) from None
+            raise CorruptionError(seg.path, 0, "segment file disappeared while read") from None
 
     def _scan(self) -> Iterator[tuple[SegmentFile, bytes, int, RecordHeader, int]]:
         """``(segment, its bytes, offset, header, the record's chain seed)`` per valid record."""
         segments = self._segments
+        first_seq = self.start.seq if self.start is not None else 1
         if not segments:
+            if self.start is not None:
+                reason = f"START names segment {first_seq}, which does not exist"
+                self._corrupt_at(start_path(self._dir), 24, 0, reason)
             return
+        from_lsn = max(self._from_lsn, self.first_lsn)
         start = 0
         for i, seg in enumerate(segments):
-            if seg.first_lsn <= self._from_lsn:
+            if seg.first_lsn <= from_lsn:
                 start = i
         first = segments[start]
-        if self._from_lsn < first.first_lsn and first.seq != 1:
-            self._corrupt(first, 0, 0, f"segments before seq {first.seq} are missing")
+        if from_lsn < first.first_lsn and first.seq != first_seq:
+            if self.start is not None and segments[0].seq != first_seq:
+                reason = f"START names segment {first_seq}, which does not exist"
+                self._corrupt_at(start_path(self._dir), 24, 0, reason)
+            else:
+                self._corrupt(first, 0, 0, f"segments before seq {first.seq} are missing")
             if self._mode == "point_in_time":
                 return
         chain: tuple[int, int] | None = None  # (seed, next lsn) after the previous segment
@@ -205,7 +284,7 @@ class LogScan:
                 if self._mode == "point_in_time":
                     return
                 chain = None
-            buf = self._fs.read_file(seg.path)
+            buf = self._read_segment(seg)
             try:
                 header = read_segment_header(buf, seg, self.epoch)
             except CorruptionError as exc:
@@ -221,6 +300,12 @@ class LogScan:
                 continue
             if self.epoch is None:
                 self.epoch = header.epoch
+            if self.start is not None and seg.seq == self.start.seq:
+                mismatch = start_segment_mismatch(self.start, header)
+                if mismatch is not None:
+                    self._corrupt(seg, mismatch[0], 0, f"does not match START: {mismatch[1]}")
+                    if self._mode == "point_in_time":
+                        return
             if chain is not None and chain != (header.prev_checksum, header.first_lsn):
                 reason = "segment does not continue the previous segment's chain"
                 self._corrupt(seg, 0, 0, reason)
@@ -230,7 +315,7 @@ class LogScan:
             while True:
                 seed = cur.seed
                 for offset, h in walk(buf, cur):
-                    if h.lsn >= self._from_lsn:
+                    if h.lsn >= from_lsn:
                         yield seg, buf, offset, h, seed
                         if self._to_lsn is not None and h.lsn >= self._to_lsn:
                             self.tail = None

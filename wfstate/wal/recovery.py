@@ -5,10 +5,17 @@ bytes cut from a segment are written to ``<segment>.broken-<offset>`` (atomic wr
 fsync, rename, directory fsync) *before* the segment is truncated, and whole segments are moved
 into ``quarantine/`` (directory fsynced) before anything else changes. A crash at any point of a
 repair leaves a log that the same recovery repairs again to the same result.
+
+The log starts where ``wal/START`` says (docs/format.md §2.2). A START that breaks a rule is
+refused in every mode (it alone says which segments were discarded, so nothing can be repaired
+without it). Segment files before START's segment are deleted, in every mode, once recovery
+succeeded: they are what a crash left of a committed discard, and deleting them again is
+idempotent. The only segment files ever deleted are those; evidence of damage is still kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -18,6 +25,7 @@ from wfstate.errors import CorruptionError, TornWriteError
 from wfstate.format import (
     QUARANTINE_DIR,
     SEGMENT_HEADER_SIZE,
+    LogStart,
     SegmentHeader,
     broken_name,
     genesis_checksum,
@@ -31,17 +39,20 @@ from wfstate.wal.reader import (
     LogScan,
     RecoveryMode,
     TailPosition,
-    list_segments,
+    log_files,
     store_epoch,
 )
 from wfstate.wal.segment import SegmentFile, header_is_torn_creation, read_segment_header
+from wfstate.wal.start import check_start_segment, start_path
 
 
 class Recovered(NamedTuple):
-    """The outcome of recovery: where appends continue, and what was found and repaired."""
+    """The outcome of recovery: where appends continue, what was found and repaired, and the
+    START the log starts at (None: segment 1)."""
 
     tail: TailPosition
     damage: list[LogDamage]
+    start: LogStart | None
 
 
 def create_segment(fs: FileSystem, wal_dir: str, header: SegmentHeader) -> tuple[SegmentFile, int]:
@@ -83,8 +94,13 @@ def recover(
     Creates the directory and a first segment (with ``epoch``, or a random one) if there is
     none. In ``tolerate_torn_tail`` only the last segment is read (older segments were synced
     before their successors were created and are checked when read), after checking that the
-    segment names have no gaps; the other modes read the whole log. Raises ``CorruptionError``
-    / ``TornWriteError`` when the mode does not allow going on, having changed nothing.
+    segment names have no gaps and that START's segment matches START; the other modes read
+    the whole log. Raises ``CorruptionError`` / ``TornWriteError`` when the mode does not allow
+    going on, having changed nothing.
+
+    When the salvage modes leave nothing readable, the log is begun again empty: at segment 1
+    and LSN 1 when there is no START, else at START's segment, first LSN and chain seed (the
+    anchor still stands for everything before it, and no discarded segment can come back).
     """
     make_dirs(fs, wal_dir)
     damage: list[LogDamage] = []
@@ -94,11 +110,12 @@ def recover(
         if on_damage is not None:
             on_damage(d)
 
-    segments = list_segments(fs, wal_dir)
+    start, segments, leftovers = log_files(fs, wal_dir)
     set_aside_torn_creation = False
-    if segments:
+    if segments and (start is None or segments[-1].seq > start.seq):
         # Only the last segment can be a torn creation: every earlier one had its header
-        # synced before its successor was created.
+        # synced before its successor was created. START's segment never is one: a discard
+        # names only a segment whose header is durable.
         last = segments[-1]
         try:
             read_segment_header(fs.read_range(last.path, 0, SEGMENT_HEADER_SIZE), last, None)
@@ -114,9 +131,11 @@ def recover(
                 fs.fsync_dir(wal_dir)
                 segments.pop()
                 set_aside_torn_creation = True
-    if mode in ("tolerate_torn_tail", "absolute") and segments:
-        _check_contiguous(segments)
-    store = store_epoch(fs, segments)
+    if mode in ("tolerate_torn_tail", "absolute"):
+        _check_contiguous(wal_dir, segments, start)
+        if start is not None:
+            check_start_segment(fs, wal_dir, start)
+    store = start.epoch if start is not None else store_epoch(fs, segments)
     from_lsn = segments[-1].first_lsn if mode == "tolerate_torn_tail" and segments else 1
     scan = LogScan(
         fs,
@@ -125,6 +144,7 @@ def recover(
         from_lsn=from_lsn,
         on_damage=report,
         segments=segments,
+        start=start,
         epoch=store,
         last_may_be_torn=not set_aside_torn_creation,
     )
@@ -142,13 +162,19 @@ def recover(
             move_aside(fs, seg.path, os.path.join(quarantine, seg.name))
         fs.fsync_dir(quarantine)
         fs.fsync_dir(wal_dir)
-    if tail is None:  # nothing readable is left: a fresh log (LSNs restart; evidence is kept)
+    if tail is None:  # nothing readable is left: begin the log again (evidence is kept)
         chosen = store or epoch or new_epoch()
-        header = SegmentHeader(chosen, 1, 1, genesis_checksum(chosen))
+        if start is not None:
+            header = SegmentHeader(chosen, start.seq, start.first_lsn, start.prev_checksum)
+        else:  # LSNs restart at 1
+            header = SegmentHeader(chosen, 1, 1, genesis_checksum(chosen))
         seg, fd = create_segment(fs, wal_dir, header)
         fs.close(fd)
-        tail = TailPosition(seg, SEGMENT_HEADER_SIZE, header.prev_checksum, 1, chosen)
-        return Recovered(tail, damage)
+        tail = TailPosition(
+            seg, SEGMENT_HEADER_SIZE, header.prev_checksum, header.first_lsn, chosen
+        )
+        delete_segments(fs, wal_dir, leftovers)
+        return Recovered(tail, damage, start)
     cut_tail(fs, tail.segment, tail.offset)
     if any(d.kind == "corruption" and d.path == tail.segment.path for d in damage):
         # skip_corrupted left damaged bytes in place in the segment the log ends in: a record
@@ -158,11 +184,37 @@ def recover(
         seg, fd = create_segment(fs, wal_dir, header)
         fs.close(fd)
         tail = TailPosition(seg, SEGMENT_HEADER_SIZE, tail.seed, tail.next_lsn, tail.epoch)
-    return Recovered(tail, damage)
+    delete_segments(fs, wal_dir, leftovers)
+    return Recovered(tail, damage, start)
 
 
-def _check_contiguous(segments: list[SegmentFile]) -> None:
-    if segments[0].seq != 1:
+def delete_segments(fs: FileSystem, wal_dir: str, segments: list[SegmentFile]) -> None:
+    """Delete discarded segment files, lowest first, then make that durable (§2.2).
+
+    Only ever called for segments before START's, once START is durable: a crash part way
+    leaves files that are not part of the log, which the next open deletes again.
+    """
+    if not segments:
+        return
+    for seg in sorted(segments, key=lambda s: s.seq):
+        with contextlib.suppress(FileNotFoundError):  # already gone: nothing to delete
+            fs.unlink(seg.path)
+    fs.fsync_dir(wal_dir)
+
+
+def _check_contiguous(wal_dir: str, segments: list[SegmentFile], start: LogStart | None) -> None:
+    first_seq = start.seq if start is not None else 1
+    if not segments:
+        if start is not None:
+            raise CorruptionError(
+                start_path(wal_dir), 24, f"START names segment {first_seq}, which does not exist"
+            )
+        return
+    if segments[0].seq != first_seq:
+        if start is not None:
+            raise CorruptionError(
+                start_path(wal_dir), 24, f"START names segment {first_seq}, which does not exist"
+            )
         raise CorruptionError(
             segments[0].path, 0, f"segments before seq {segments[0].seq} are missing"
         )

@@ -20,6 +20,15 @@ Two callers, two rules for invalid bytes after the valid end:
 Crash reasoning for the repair: it is the same repair recovery makes (evidence first, durable,
 then the cut), so a crash in the middle leaves what the next lock holder or opener repairs to
 the same result. Only invalid bytes are ever cut, so no record a reader already took goes away.
+
+Discards (§2.2): another process may discard the segment a view ends in. Whenever the log has
+changed since the view was taken, :func:`follow` first looks at ``wal/START``; when it names a
+later segment than the view's, the view's segment is no longer part of the log (whether or not
+its file is still there: a crash may have left it), so following continues at START's segment,
+from START's first LSN and chain seed, which that segment's header must carry. The records in
+between are skipped, never delivered: the caller is handed START (and so the anchor standing
+in for them) instead. A view whose segment is gone while no START covers it is
+``CorruptionError``: nothing is ever skipped silently.
 """
 
 from __future__ import annotations
@@ -28,7 +37,13 @@ import os
 from typing import NamedTuple
 
 from wfstate.errors import CorruptionError
-from wfstate.format import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, broken_name, segment_name
+from wfstate.format import (
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    LogStart,
+    broken_name,
+    segment_name,
+)
 from wfstate.fs import FileSystem
 from wfstate.wal.codec import decompress
 from wfstate.wal.reader import LogDamage, Record, TailPosition, list_segments
@@ -41,6 +56,7 @@ from wfstate.wal.segment import (
     read_segment_header,
     walk,
 )
+from wfstate.wal.start import check_start_segment, newer_start, start_path, start_segment_file
 
 
 class Passed(NamedTuple):
@@ -61,23 +77,58 @@ class Followed(NamedTuple):
     records: list[Passed]
     """The records passed, in LSN order."""
     damage: list[LogDamage]
+    start: LogStart | None
+    """The START in effect now (the one given to :func:`follow` unless a newer one was met)."""
+    jumped: bool
+    """Whether the view's segment had been discarded and following went on at START's
+    segment. The records from START's first LSN on are then from START's segment; any before
+    it were read (verified) before the discard was seen, and those between were skipped."""
 
 
 def follow(
-    fs: FileSystem, wal_dir: str, tail: TailPosition, *, repair: bool, decode: bool
+    fs: FileSystem,
+    wal_dir: str,
+    tail: TailPosition,
+    *,
+    repair: bool,
+    decode: bool,
+    start: LogStart | None,
 ) -> Followed:
     """Advance ``tail`` over every valid record appended after it (module docstring).
 
-    ``decode``: decompress the payloads of the records passed. ``CorruptionError`` when the
-    log is no longer the one ``tail`` was read from (it is shorter than ``tail``), when a
-    segment after it does not continue the chain, or (``repair``) when the bytes after the
-    valid end are damage to durable data rather than a torn write.
+    ``start``: the START the view was taken under (None: none). ``decode``: decompress the
+    payloads of the records passed. ``CorruptionError`` when the log is no longer the one
+    ``tail`` was read from (it is shorter than ``tail``, its segment went away with no START
+    covering it, or START moved back), when a segment after it does not continue the chain,
+    when START's segment does not match START, or (``repair``) when the bytes after the valid
+    end are damage to durable data rather than a torn write.
     """
     records: list[Passed] = []
     damage: list[LogDamage] = []
+    jumped = False
+    moved = newer_start(fs, wal_dir, start)
+    if moved is not None:
+        start = moved
+        if moved.seq > tail.segment.seq:
+            tail, jumped = _at_start(fs, wal_dir, moved, tail.epoch), True
     while True:
         seg = tail.segment
-        size = fs.file_size(seg.path)
+        try:
+            size = fs.file_size(seg.path)
+        except FileNotFoundError:
+            # Discarded since START was read above (only a reader, holding no lock, can see
+            # that): a newer START covers it, or the log was cut under this process.
+            moved = newer_start(fs, wal_dir, start)
+            if moved is None or moved.seq <= seg.seq:
+                raise CorruptionError(
+                    seg.path,
+                    tail.offset,
+                    "the segment this process reads no longer exists and START does not "
+                    "discard it: the log was cut or replaced under it; reopen the store",
+                ) from None
+            start = moved
+            tail, jumped = _at_start(fs, wal_dir, moved, tail.epoch), True
+            continue
         if size < tail.offset:
             raise CorruptionError(
                 seg.path,
@@ -105,11 +156,24 @@ def follow(
             if cur.reason is not None:
                 if repair:
                     damage.append(_repair_tail(fs, wal_dir, tail, buf=buf, cur=cur, size=size))
-                return Followed(tail, records, damage)
+                return Followed(tail, records, damage, start, jumped)
         following = _next_segment(fs, wal_dir, tail, repair=repair, damage=damage)
         if following is None:
-            return Followed(tail, records, damage)
+            return Followed(tail, records, damage, start, jumped)
         tail = following
+
+
+def _at_start(fs: FileSystem, wal_dir: str, start: LogStart, epoch: int) -> TailPosition:
+    """The position at the beginning of START's segment, once its header matches START."""
+    if start.epoch != epoch:
+        raise CorruptionError(
+            start_path(wal_dir),
+            16,
+            f"START names store epoch {start.epoch:#x}, this log is {epoch:#x}",
+        )
+    check_start_segment(fs, wal_dir, start)
+    seg = start_segment_file(wal_dir, start)
+    return TailPosition(seg, SEGMENT_HEADER_SIZE, start.prev_checksum, start.first_lsn, epoch)
 
 
 def _repair_tail(
@@ -138,7 +202,11 @@ def _next_segment(
         return None
     seg = SegmentFile(name, path, seq, tail.next_lsn)
     try:
-        header = read_segment_header(fs.read_range(path, 0, SEGMENT_HEADER_SIZE), seg, tail.epoch)
+        head = fs.read_range(path, 0, SEGMENT_HEADER_SIZE)
+    except FileNotFoundError:  # discarded since (a reader's race): the next follow jumps
+        return None
+    try:
+        header = read_segment_header(head, seg, tail.epoch)
     except CorruptionError as exc:
         if not repair:
             return None  # its creator may still be writing its header
