@@ -27,7 +27,14 @@ from wfstate.errors import (
     StorePoisonedError,
     ValidationError,
 )
-from wfstate.format import pack_start, parse_segment_name
+from wfstate.format import (
+    LogStart,
+    SegmentHeader,
+    pack_segment_header,
+    pack_start,
+    parse_segment_name,
+    segment_name,
+)
 from wfstate.fs import OS_FS, OsFileSystem
 from wfstate.wal import Compression, Log, LogScan, Record, RecoveryMode, list_segments
 from wfstate.wal.index import RecordIndex
@@ -710,6 +717,28 @@ def test_a_start_that_moves_back_under_a_handle_is_corruption(tmp_path: Path) ->
         a.append(b"x")
         with pytest.raises(CorruptionError, match="reopen"):
             b.follow()
+
+
+def test_a_start_that_would_take_a_handle_back_to_lsns_it_read_is_corruption(
+    tmp_path: Path,
+) -> None:
+    wal = str(tmp_path / "wal")
+    with open_log(wal) as a, open_log(wal) as b:
+        append_many(a, 0, 30)
+        b.follow()
+        last = segment_paths(wal)[-1]
+        parsed = parse_segment_name(os.path.basename(last))
+        assert parsed is not None
+        # a consistent-looking START and segment after b's, but at an LSN b already read
+        header = SegmentHeader(a.epoch, parsed[0] + 1, 5, 777)
+        name = segment_name(header.seq, header.first_lsn)
+        write_bytes(os.path.join(wal, name), pack_segment_header(header))
+        start = LogStart(a.epoch, header.seq, 5, 777, b"replaced")
+        write_bytes(start_file(wal), pack_start(start))
+        a.append(b"x")  # (a follow that finds nothing new does not look at START)
+        with pytest.raises(CorruptionError, match="reopen"):
+            b.follow()
+        assert b.last_lsn == 30
 
 
 def test_an_on_discard_that_raises_poisons_the_handle(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def follow(
     if moved is not None:
         start = moved
         if moved.seq > tail.segment.seq:
-            tail, jumped = _at_start(fs, wal_dir, moved, tail.epoch), True
+            tail, jumped = _at_start(fs, wal_dir, moved, tail), True
     while True:
         seg = tail.segment
         try:
@@ -127,7 +127,7 @@ def follow(
                     "discard it: the log was cut or replaced under it; reopen the store",
                 ) from None
             start = moved
-            tail, jumped = _at_start(fs, wal_dir, moved, tail.epoch), True
+            tail, jumped = _at_start(fs, wal_dir, moved, tail), True
             continue
         if size < tail.offset:
             raise CorruptionError(
@@ -163,17 +163,27 @@ def follow(
         tail = following
 
 
-def _at_start(fs: FileSystem, wal_dir: str, start: LogStart, epoch: int) -> TailPosition:
-    """The position at the beginning of START's segment, once its header matches START."""
-    if start.epoch != epoch:
+def _at_start(fs: FileSystem, wal_dir: str, start: LogStart, tail: TailPosition) -> TailPosition:
+    """The position at the beginning of START's segment, which discards ``tail``'s, once
+    START belongs to this log (its epoch, and no LSN this view already passed) and its
+    segment's header matches it."""
+    if start.epoch != tail.epoch:
         raise CorruptionError(
             start_path(wal_dir),
             16,
-            f"START names store epoch {start.epoch:#x}, this log is {epoch:#x}",
+            f"START names store epoch {start.epoch:#x}, this log is {tail.epoch:#x}",
+        )
+    if start.first_lsn < tail.next_lsn:
+        raise CorruptionError(
+            start_path(wal_dir),
+            32,
+            f"START discards segment {tail.segment.seq} but starts at LSN {start.first_lsn}, "
+            f"before LSN {tail.next_lsn} this process already read: the log was replaced "
+            "under it; reopen",
         )
     check_start_segment(fs, wal_dir, start)
     seg = start_segment_file(wal_dir, start)
-    return TailPosition(seg, SEGMENT_HEADER_SIZE, start.prev_checksum, start.first_lsn, epoch)
+    return TailPosition(seg, SEGMENT_HEADER_SIZE, start.prev_checksum, start.first_lsn, tail.epoch)
 
 
 def _repair_tail(
