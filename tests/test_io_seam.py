@@ -39,6 +39,8 @@ def raw_io_calls(source: str) -> list[str]:
                 elif func.attr in PATH_METHODS and not (
                     # the seam itself, and class constructors such as Log.open(...)
                     (isinstance(owner, ast.Name) and (owner.id == "fs" or owner.id[:1].isupper()))
+                    # a FileSystem held as an attribute (self._fs.unlink(...))
+                    or (isinstance(owner, ast.Attribute) and owner.attr in {"fs", "_fs"})
                     # str.replace(a, b) and msgspec.structs.replace(obj, field=...) are not
                     # Path.replace(target) / Path.rename(target)
                     or (

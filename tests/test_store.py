@@ -378,9 +378,11 @@ def test_a_logged_batch_that_does_not_describe_one_history_changes_no_entry() ->
     model.commit([create("a")])
     a = model.load("a")
 
-    def materialize(workflow_id: str, entries: Sequence[tuple[int, int]]) -> WorkflowState:
+    def materialize(
+        workflow_id: str, origin: int, floor: int, entries: Sequence[tuple[int, int]]
+    ) -> tuple[WorkflowState, int]:
         built.append(list(entries))
-        return a
+        return a, 1
 
     table = StateTable(materialize)
     table.replay([("create_workflow", "a")], 1, 10, lambda: [])

@@ -8,6 +8,7 @@ backend only how a batch is logged and when it is durable.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,9 +38,15 @@ BatchLogger = Callable[[list["Mutation"]], tuple[int, int]]
 """Logs a validated, stamped batch; returns its LSN and its logged (raw) size."""
 
 
-Materializer = Callable[[str, Sequence[tuple[int, int]]], WorkflowState]
-"""Rebuilds a workflow's state from its entries: for each batch since the workflow was (last)
-created, ``(lsn, skip)``: that batch's mutations of the workflow, less the first ``skip``."""
+Materializer = Callable[[str, int, int, Sequence[tuple[int, int]]], tuple[WorkflowState, int]]
+"""Rebuilds a workflow's state: ``(workflow_id, origin, floor, entries)`` → ``(state, bytes
+read)``. ``origin``: the LSN that created the workflow's incarnation; ``floor``: the log holds
+none of its batches at or below it (0: the log holds them all), so the state must come from a
+checkpoint at or above it; ``entries``: for each batch above the floor, ``(lsn, skip)``: that
+batch's mutations of the workflow, less the first ``skip`` (non-zero only in the creating
+batch)."""
+
+_NO_SKIP: Final = 1 << 62  # sorts after every (lsn, skip) entry of the same lsn
 
 DEFAULT_CACHE_BYTES: Final = 256 * 1024 * 1024
 """Generous on purpose: a cache smaller than the set of workflows being written in rotation
@@ -66,6 +73,8 @@ class StateTable:
         self._materialize = materialize
         self._budget = cache_bytes if materialize is not None else None
         self._entries: dict[str, list[tuple[int, int]]] = {}
+        self._origin: dict[str, int] = {}
+        self._floor: dict[str, int] = {}
         self._weight: dict[str, int] = {}
         self._cache: OrderedDict[str, WorkflowState] = OrderedDict()
         self._cached_bytes = 0
@@ -79,12 +88,82 @@ class StateTable:
         entries = self._entries.get(workflow_id)
         if entries is None or self._materialize is None:
             return None
-        state = self._materialize(workflow_id, entries)
+        state, read = self._materialize(
+            workflow_id, self._origin[workflow_id], self._floor[workflow_id], entries
+        )
+        if not self._weight.get(workflow_id):
+            self._weight[workflow_id] = read
         self._remember(workflow_id, state)
         return state
 
     def ids(self) -> list[str]:
         return sorted(self._entries)
+
+    def live(self) -> dict[str, tuple[int, int]]:
+        """Each live workflow's ``(origin, floor)`` (see :data:`Materializer`)."""
+        return {w: (self._origin[w], self._floor[w]) for w in self._entries}
+
+    def entries(self, workflow_id: str) -> list[tuple[int, int]]:
+        """A copy of the entries of ``workflow_id`` (see :data:`Materializer`)."""
+        return list(self._entries.get(workflow_id, ()))
+
+    def last_lsn(self, workflow_id: str) -> int:
+        """The LSN of the last batch that changed ``workflow_id`` (its floor if the log holds
+        none of them); 0 if absent."""
+        entries = self._entries.get(workflow_id)
+        if entries is None:
+            return 0
+        return entries[-1][0] if entries else self._floor[workflow_id]
+
+    def batches_after(self, workflow_id: str, lsn: int) -> int:
+        """How many batches changed ``workflow_id`` after ``lsn`` (that the log holds)."""
+        entries = self._entries.get(workflow_id, [])
+        return len(entries) - bisect.bisect_right(entries, (lsn, _NO_SKIP))
+
+    def origin(self, workflow_id: str) -> int | None:
+        """The LSN that created ``workflow_id``'s incarnation; None if absent."""
+        return self._origin.get(workflow_id)
+
+    def floor(self, workflow_id: str) -> int | None:
+        """``workflow_id``'s floor (see :data:`Materializer`); None if absent."""
+        return self._floor.get(workflow_id)
+
+    def rebase(self, workflows: Sequence[tuple[str, int, int]], *, skipped: bool) -> None:
+        """Take an anchor's list of live workflows ``(workflow_id, origin, floor)``
+        (docs/format.md §9.6): each gets its floor, and entries at or below it are forgotten.
+
+        ``skipped``: the records between this table's view and the anchor were never applied
+        (a fresh open, or a process whose view was discarded under it): the table becomes
+        exactly the list and no cached state is kept. Otherwise the anchor was met in LSN
+        order and must list exactly the live workflows, with their origins (``ValidationError``
+        otherwise, and nothing changes).
+        """
+        wanted = {w: (origin, floor) for w, origin, floor in workflows}
+        if not skipped:
+            for workflow_id in set(wanted) ^ set(self._entries):
+                raise ValidationError(
+                    "anchor.workflows", f"{workflow_id!r} is live in one of log and anchor only"
+                )
+            for workflow_id, (origin, _floor) in wanted.items():
+                if self._origin[workflow_id] != origin:
+                    raise ValidationError(
+                        "anchor.workflows",
+                        f"{workflow_id!r} has origin {origin}, not {self._origin[workflow_id]}",
+                    )
+        else:
+            self._cache.clear()
+            self._cached_bytes = 0
+            for workflow_id in [
+                w for w in self._entries if wanted.get(w, (0,))[0] != self._origin[w]
+            ]:
+                self._forget(workflow_id)
+        for workflow_id, (origin, floor) in wanted.items():
+            entries = self._entries.setdefault(workflow_id, [])
+            self._origin[workflow_id] = origin
+            above = max(floor, self._floor.get(workflow_id, 0))
+            self._floor[workflow_id] = above
+            entries[:] = [(lsn, skip) for lsn, skip in entries if lsn > above]
+            self._weight.setdefault(workflow_id, 0)
 
     @property
     def cached(self) -> list[str]:
@@ -157,7 +236,11 @@ class StateTable:
             starts[workflow_id] = after if after < len(kinds) else None
         for workflow_id, start in starts.items():
             if start == 0:
-                self._entries.setdefault(workflow_id, []).append((lsn, 0))
+                if workflow_id not in self._entries:  # created by this batch
+                    self._entries[workflow_id] = []
+                    self._origin[workflow_id] = lsn
+                    self._floor[workflow_id] = 0
+                self._entries[workflow_id].append((lsn, 0))
                 # a whole-state replacement resets the estimate: older batches no longer count
                 replaced = REPLACE_OP in ops[workflow_id]
                 self._weigh(
@@ -167,6 +250,8 @@ class StateTable:
             self._forget(workflow_id)
             if start is not None:
                 self._entries[workflow_id] = [(lsn, start)]
+                self._origin[workflow_id] = lsn
+                self._floor[workflow_id] = 0
                 self._weigh(workflow_id, size)
 
     def _weigh(self, workflow_id: str, weight: int) -> None:
@@ -176,6 +261,8 @@ class StateTable:
 
     def _forget(self, workflow_id: str) -> None:
         self._entries.pop(workflow_id, None)
+        self._origin.pop(workflow_id, None)
+        self._floor.pop(workflow_id, None)
         if self._cache.pop(workflow_id, None) is not None:
             self._cached_bytes -= self._weight.get(workflow_id, 0)
         self._weight.pop(workflow_id, None)
@@ -292,6 +379,10 @@ class TableStore:
     def _wait_durable(self, lsn: int) -> None:
         raise NotImplementedError
 
+    def _committed(self, stamped: Sequence[Mutation], lsn: int) -> None:
+        """Runs after a commit is durable, outside the lock (automatic checkpoints)."""
+        return
+
     def commit(self, batch: Sequence[Mutation]) -> int:
         """Apply ``batch`` atomically and durably; return its LSN (wfstate.store.Store)."""
         return self._commit(lambda _now: batch)
@@ -333,6 +424,7 @@ class TableStore:
                 lsn, size = log_batch(stamped)
                 self._table.install(stamped, results, lsn, size)
         self._wait_durable(lsn)
+        self._committed(stamped, lsn)
         return lsn
 
     def _mark_closed(self) -> bool:

@@ -25,22 +25,63 @@ writer (or opener) cuts as recovery would.
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Final
 
-from wfstate.errors import CorruptionError, NotFoundError, ValidationError
-from wfstate.format import LOCK_FILE, RECORD_BATCH, WAL_DIR
+import msgspec
+
+from wfstate.checkpointindex import (
+    Anchor,
+    AnchorWorkflow,
+    CheckpointIndex,
+    CheckpointInfo,
+    CheckpointType,
+    decode_anchor,
+    decode_drop,
+    decode_entry,
+    encode_anchor,
+    encode_drop,
+    encode_entry,
+)
+from wfstate.checkpointpolicy import DEFAULT_POLICY, CheckpointPolicy
+from wfstate.checkpointreports import (
+    CheckpointCheck,
+    CompactionReport,
+    RecoverySuggestion,
+    StoreStats,
+)
+from wfstate.checkpoints import CheckpointFiles, Prepared
+from wfstate.errors import CorruptionError, NotFoundError, ValidationError, WfstateError
+from wfstate.format import (
+    CHECKPOINTS_DIR,
+    LOCK_FILE,
+    RECORD_BATCH,
+    RECORD_CHECKPOINT,
+    RECORD_CHECKPOINT_DROP,
+    RECORD_DISCARD,
+    WAL_DIR,
+    parse_segment_name,
+)
 from wfstate.fs import OS_FS, FileSystem, make_dirs
-from wfstate.model import SCHEMA_VERSION, WorkflowState
+from wfstate.ids import validate_id
+from wfstate.model import SCHEMA_VERSION, WorkflowState, state_checksum
 from wfstate.mutations import (
     Mutation,
+    SetStepStatus,
+    SetWorkflowStatus,
     batch_targets,
     decode_mutations,
     encode_mutations,
+    mutation_targets,
     replay_batch,
 )
+from wfstate.retention import RetentionPlan, RetentionPolicy, plan_retention
 from wfstate.schema import BATCH_UPGRADES, SchemaUpgrades
 from wfstate.statetable import (
     DEFAULT_CACHE_BYTES,
@@ -51,17 +92,50 @@ from wfstate.statetable import (
     stamped_with,
 )
 from wfstate.wal import Compression, Durability, Log, Record, RecoveryMode
-from wfstate.wal.log import DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE
+from wfstate.wal.log import (
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_RECORD_SIZE,
+    DEFAULT_SEGMENT_SIZE,
+    LogWriter,
+)
+
+_LOG: Final = logging.getLogger("wfstate.checkpoints")
+
+_TYPE_RANK: Final[dict[str, int]] = {"automatic": 0, "pre_step": 1, "post_step": 2, "error": 3}
+"""Which automatic checkpoint type wins when one batch triggers several."""
 
 
 class LocalStore(TableStore):
-    """A :class:`wfstate.store.Store` in a local directory. Thread- and process-safe. Use
-    :meth:`open`."""
+    """A :class:`wfstate.store.Store` in a local directory, with checkpoints. Thread- and
+    process-safe. Use :meth:`open`."""
 
-    def __init__(self, log: Log, table: StateTable, *, clock: Clock, path: str) -> None:
+    def __init__(
+        self,
+        log: Log,
+        table: StateTable,
+        *,
+        clock: Clock,
+        path: str,
+        fs: FileSystem,
+        upgrades: SchemaUpgrades,
+        policy: CheckpointPolicy,
+        compression: Compression | None,
+    ) -> None:
         super().__init__(table, clock=clock, name=path)
         self._log = log
         self.path = path
+        self._fs = fs
+        self._upgrades = upgrades
+        self._policy = policy
+        self._index = CheckpointIndex()
+        self._files = CheckpointFiles(
+            fs, os.path.join(path, CHECKPOINTS_DIR), log.epoch, compression
+        )
+        # parent candidates for incremental checkpoints: workflow -> (entry, state it yields)
+        self._recent: OrderedDict[str, tuple[CheckpointInfo, WorkflowState]] = OrderedDict()
+        self._bad: dict[str, str] = {}  # checkpoint id -> why it does not read
+        self._logged_bytes = 0  # batch bytes logged or read since the last compaction seen
+        self._auto_failures = 0
 
     @classmethod
     def open(
@@ -76,6 +150,7 @@ class LocalStore(TableStore):
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         upgrades: SchemaUpgrades = BATCH_UPGRADES,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        checkpoints: CheckpointPolicy = DEFAULT_POLICY,
         clock: Clock = time.time,
         fs: FileSystem = OS_FS,
     ) -> LocalStore:
@@ -88,7 +163,9 @@ class LocalStore(TableStore):
         schema versions are read (:mod:`wfstate.schema`); its chain must end at the current
         ``SCHEMA_VERSION``. ``cache_bytes``: about how much workflow state to keep
         materialized (estimated by the size of the batches that built it); states are built
-        from the log when first read, so opening builds none.
+        from checkpoints and the log when first read, so opening builds none.
+        ``checkpoints``: when checkpoints are taken and the log compacted automatically
+        (:class:`~wfstate.checkpointpolicy.CheckpointPolicy`).
         """
         if not isinstance(path, str) or not path:
             raise ValidationError("path", "must be a non-empty str")
@@ -100,9 +177,14 @@ class LocalStore(TableStore):
             )
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
             raise ValidationError("cache_bytes", f"must be an int >= 0, not {cache_bytes!r}")
+        if not isinstance(checkpoints, CheckpointPolicy):
+            raise ValidationError(
+                "checkpoints", "must be a wfstate.checkpointpolicy.CheckpointPolicy"
+            )
         make_dirs(fs, path)
+        make_dirs(fs, os.path.join(path, CHECKPOINTS_DIR))
         wal_dir = os.path.join(path, WAL_DIR)
-        tables: list[StateTable] = []  # the table exists once the log does
+        stores: list[LocalStore] = []  # the store exists once the log does
         log = Log.open(
             wal_dir,
             durability=durability,
@@ -110,24 +192,40 @@ class LocalStore(TableStore):
             compression=compression,
             max_record_size=max_record_size,
             mode=mode,
-            on_foreign=lambda record: _apply(tables[0], wal_dir, record, upgrades),
+            on_foreign=lambda record: stores[0]._take(record),  # noqa: PLW0108 (late binding)
+            on_discard=lambda anchor, _first_lsn: stores[0]._take_anchor(anchor, skipped=True),
             lock_path=os.path.join(path, LOCK_FILE),
             lock_timeout=lock_timeout,
             fs=fs,
         )
-        table = StateTable(
-            lambda workflow_id, entries: _materialize(log, workflow_id, entries, upgrades),
-            cache_bytes=cache_bytes,
-        )
-        tables.append(table)
         try:
-            for record in log.read():
-                _apply(table, wal_dir, record, upgrades)
+            table = StateTable(
+                lambda w, origin, floor, entries: stores[0]._materialize(  # noqa: PLW0108
+                    w, origin, floor, entries
+                ),
+                cache_bytes=cache_bytes,
+            )
+            store = cls(
+                log,
+                table,
+                clock=clock,
+                path=path,
+                fs=fs,
+                upgrades=upgrades,
+                policy=checkpoints,
+                compression=compression,
+            )
+            stores.append(store)
+            if log.anchor:
+                store._take_anchor(log.anchor, skipped=True)
+            for record in log.read(log.first_lsn):
+                store._take(record)
         except BaseException:
             log.close()
             raise
-        return cls(log, table, clock=clock, path=path)
+        return store
 
+    # -- the Store hooks ----------------------------------------------------------------------
     @contextmanager
     def _writing(self) -> Iterator[BatchLogger]:
         with self._log.writing() as writer:
@@ -135,9 +233,11 @@ class LocalStore(TableStore):
             def log_batch(stamped: list[Mutation]) -> tuple[int, int]:
                 payload = encode_mutations(stamped)
                 try:
-                    return writer.enqueue(payload, record_type=RECORD_BATCH), len(payload)
+                    lsn = writer.enqueue(payload, record_type=RECORD_BATCH)
                 except ValidationError as exc:  # too large: name the input, not the log's
                     raise ValidationError("mutations", exc.message) from exc
+                self._logged_bytes += len(payload)
+                return lsn, len(payload)
 
             yield log_batch
 
@@ -158,42 +258,638 @@ class LocalStore(TableStore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _apply(table: StateTable, wal_dir: str, record: Record, upgrades: SchemaUpgrades) -> None:
-    """Take one committed batch read from the log (replay at open, or another process's)."""
-    if record.type != RECORD_BATCH:
-        raise CorruptionError(
-            wal_dir, 0, f"record LSN {record.lsn} has type {record.type}, not a batch"
-        )
-    payload = record.payload
-    try:
-        table.replay(
-            batch_targets(payload, upgrades=upgrades),
-            record.lsn,
-            len(payload),
-            lambda: decode_mutations(payload, upgrades=upgrades),
-        )
-    except (ValidationError, NotFoundError) as exc:
-        raise CorruptionError(
-            wal_dir, 0, f"batch at LSN {record.lsn} does not apply: {exc}"
-        ) from exc
-
-
-def _materialize(
-    log: Log, workflow_id: str, entries: Sequence[tuple[int, int]], upgrades: SchemaUpgrades
-) -> WorkflowState:
-    """Rebuild ``workflow_id`` by applying its part of each of its batches, read by position."""
-    state: WorkflowState | None = None
-    for lsn, skip in entries:
-        payload = log.read_at(lsn).payload
+    # -- applying the log ---------------------------------------------------------------------
+    def _take(self, record: Record) -> None:
+        """Apply one committed record read from the log (at open, or another process's)."""
+        payload = record.payload
         try:
-            mine = [m for m in decode_mutations(payload, upgrades=upgrades)
-                    if m.workflow_id == workflow_id][skip:]  # fmt: skip
-            state = replay_batch({workflow_id: state} if state else {}, mine)[workflow_id]
-        except (ValidationError, NotFoundError, KeyError) as exc:
+            if record.type == RECORD_BATCH:
+                self._table.replay(
+                    batch_targets(payload, upgrades=self._upgrades),
+                    record.lsn,
+                    len(payload),
+                    lambda: decode_mutations(payload, upgrades=self._upgrades),
+                )
+                self._logged_bytes += len(payload)
+            elif record.type == RECORD_CHECKPOINT:
+                self._index.add(decode_entry(payload))
+            elif record.type == RECORD_CHECKPOINT_DROP:
+                for info in self._index.drop(decode_drop(payload)):
+                    self._forget_recent(info.id)
+            elif record.type == RECORD_DISCARD:
+                self._take_anchor(payload, skipped=False)
+            else:
+                raise ValidationError("type", f"{record.type} is not a record type of a store")
+        except (ValidationError, NotFoundError) as exc:
             raise CorruptionError(
-                log.path, 0, f"batch at LSN {lsn} does not apply to {workflow_id!r}: {exc}"
+                self._log.path,
+                0,
+                f"{_KIND.get(record.type, 'record')} at LSN {record.lsn} does not apply: {exc}",
             ) from exc
-    if state is None:
-        raise CorruptionError(log.path, 0, f"the batches of {workflow_id!r} leave it deleted")
-    return stamped_with(state, entries[-1][0])
+
+    def _take_anchor(self, data: bytes, *, skipped: bool) -> None:
+        """Make the index and the live workflows what an anchor says (docs/format.md §9.6)."""
+        try:
+            anchor = decode_anchor(data)
+            self._table.rebase(
+                [(w.workflow_id, w.origin, w.floor) for w in anchor.workflows], skipped=skipped
+            )
+        except ValidationError as exc:
+            raise CorruptionError(self._log.path, 0, f"the anchor does not apply: {exc}") from exc
+        self._index.reset(anchor.checkpoints)
+        if skipped:
+            self._recent.clear()
+        self._logged_bytes = 0
+
+    def _materialize(
+        self, workflow_id: str, origin: int, floor: int, entries: Sequence[tuple[int, int]]
+    ) -> tuple[WorkflowState, int]:
+        """Build ``workflow_id`` from its newest checkpoint that reads, plus the later batches
+        (docs/format.md §9.7); from the log alone when no checkpoint reads and the log holds
+        its creation."""
+        for info in self._index.of_workflow(workflow_id, origin):
+            if info.lsn < floor:
+                break
+            if info.id in self._bad:
+                continue
+            try:
+                state = self._files.read_state(info, self._index)
+            except CorruptionError as exc:
+                self._mark_bad(info, exc)
+                continue
+            after = [(lsn, skip) for lsn, skip in entries if lsn > info.lsn]
+            state, read = self._replay(workflow_id, state, after)
+            return state, info.size + read
+        if floor:
+            raise CorruptionError(
+                self._files.directory,
+                0,
+                f"workflow {workflow_id!r}: the log before LSN {floor} was discarded and no "
+                "checkpoint of it reads (see the store's bad checkpoints)",
+            )
+        state, read = self._replay(workflow_id, None, entries)
+        if state is None:
+            raise CorruptionError(
+                self._log.path, 0, f"the batches of {workflow_id!r} leave it deleted"
+            )
+        return state, read
+
+    def _replay(
+        self,
+        workflow_id: str,
+        state: WorkflowState | None,
+        entries: Sequence[tuple[int, int]],
+    ) -> tuple[WorkflowState, int]:
+        """``state`` with its part of each batch in ``entries`` applied, read by position."""
+        read = 0
+        for lsn, skip in entries:
+            payload = self._log.read_at(lsn).payload
+            read += len(payload)
+            try:
+                mine = [m for m in decode_mutations(payload, upgrades=self._upgrades)
+                        if m.workflow_id == workflow_id][skip:]  # fmt: skip
+                state = replay_batch({workflow_id: state} if state else {}, mine)[workflow_id]
+            except (ValidationError, NotFoundError, KeyError) as exc:
+                raise CorruptionError(
+                    self._log.path,
+                    0,
+                    f"batch at LSN {lsn} does not apply to {workflow_id!r}: {exc}",
+                ) from exc
+        if state is None:
+            raise CorruptionError(
+                self._log.path, 0, f"the batches of {workflow_id!r} leave it deleted"
+            )
+        if entries:
+            state = stamped_with(state, entries[-1][0])
+        return state, read
+
+    def _mark_bad(self, info: CheckpointInfo, exc: CorruptionError) -> None:
+        if info.id not in self._bad:
+            _LOG.warning("checkpoint %s of %r does not read, not used: %s", info.id,
+                         info.workflow_id, exc)  # fmt: skip
+        self._bad[info.id] = str(exc)
+        self._forget_recent(info.id)
+
+    def _forget_recent(self, checkpoint_id: str) -> None:
+        for workflow_id, (info, _state) in list(self._recent.items()):
+            if info.id == checkpoint_id:
+                del self._recent[workflow_id]
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint(
+        self,
+        workflow_id: str,
+        *,
+        description: str = "",
+        tags: Sequence[str] = (),
+        type: CheckpointType = "manual",
+    ) -> CheckpointInfo:
+        """Checkpoint ``workflow_id``'s committed state; return its index entry once durable.
+
+        Incremental when this handle holds the state of the workflow's newest checkpoint and
+        the chain is shorter than the policy's ``max_chain``; full otherwise. Crash safety:
+        the file is written and fsynced first, renamed into place under the writers' lock,
+        and the checkpoint exists from its durable ``CHECKPOINT`` record on (docs/format.md
+        §9.3); a crash before leaves a file nothing names, deleted by the next compaction.
+        """
+        validate_id(workflow_id, "workflow_id")
+        if not isinstance(description, str):
+            raise ValidationError("description", f"must be a str, not {type_name(description)}")
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise ValidationError("tags", "must be a sequence of str")
+        if type not in _TYPES:
+            raise ValidationError("type", f"must be one of {sorted(_TYPES)}, not {type!r}")
+        return self._checkpoint(workflow_id, type, description, tuple(tags))
+
+    def _checkpoint(
+        self,
+        workflow_id: str,
+        type: CheckpointType,
+        description: str,
+        tags: tuple[str, ...],
+        *,
+        full: bool = False,
+    ) -> CheckpointInfo:
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            state = self._table.get(workflow_id)
+            if state is None:
+                raise NotFoundError(f"workflow_id: no workflow {workflow_id!r}")
+            origin = self._table.origin(workflow_id)
+            assert origin is not None
+            template = CheckpointInfo(
+                id=f"ck-{secrets.token_hex(8)}",
+                workflow_id=workflow_id,
+                origin=origin,
+                lsn=state.metadata.last_lsn,
+                parent=None,
+                session_id=state.context.session_id,
+                type=type,
+                tags=tags,
+                description=description,
+                file="",
+                size=0,
+                checksum=0,
+                created=self._clock(),
+            )
+            parent = None if full else self._parent_for(workflow_id, origin)
+        prepared = self._files.prepare(template, state, parent)
+        try:
+            with self._mutex:
+                self._check_open()
+                with self._log.writing() as writer:
+                    if parent is not None and self._index.get(parent[0].id) != parent[0]:
+                        raise _ParentGone  # dropped or folded by another process meanwhile
+                    lsn = self._commit_checkpoint(writer, prepared)
+                self._remember_recent(prepared)
+        except _ParentGone:
+            self._files.abandon(prepared)
+            return self._checkpoint(workflow_id, type, description, tags, full=True)
+        except BaseException:
+            self._files.abandon(prepared)
+            raise
+        self._log.wait(lsn)
+        return prepared.info
+
+    def _commit_checkpoint(self, writer: LogWriter, prepared: Prepared) -> int:
+        """Install a prepared file and queue its ``CHECKPOINT`` record (writers' lock held)."""
+        self._files.install(prepared)
+        lsn = writer.enqueue(encode_entry(prepared.info), record_type=RECORD_CHECKPOINT)
+        self._index.add(prepared.info)
+        self._bad.pop(prepared.info.id, None)
+        return lsn
+
+    def _parent_for(
+        self, workflow_id: str, origin: int
+    ) -> tuple[CheckpointInfo, WorkflowState] | None:
+        if not self._policy.incremental:
+            return None
+        recent = self._recent.get(workflow_id)
+        if recent is None:
+            return None
+        info = recent[0]
+        if info.origin != origin or info.id in self._bad or self._index.get(info.id) != info:
+            return None
+        chain = self._index.chain(info)
+        if chain is None or len(chain) > self._policy.max_chain:
+            return None
+        return recent
+
+    def _remember_recent(self, prepared: Prepared) -> None:
+        self._recent[prepared.info.workflow_id] = (prepared.info, prepared.state)
+        self._recent.move_to_end(prepared.info.workflow_id)
+        while len(self._recent) > _RECENT_STATES:
+            self._recent.popitem(last=False)
+
+    def checkpoints(
+        self, workflow_id: str | None = None, *, tag: str | None = None, limit: int | None = None
+    ) -> list[CheckpointInfo]:
+        """The checkpoints in the index (of ``workflow_id``, with ``tag``), newest first."""
+        if workflow_id is not None:
+            validate_id(workflow_id, "workflow_id")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValidationError("limit", f"must be an int >= 0 or None, not {limit!r}")
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            found = (
+                self._index.all() if workflow_id is None else self._index.of_workflow(workflow_id)
+            )
+        if tag is not None:
+            found = [info for info in found if tag in info.tags]
+        return found if limit is None else found[:limit]
+
+    def _read_checkpoint(self, info: CheckpointInfo) -> WorkflowState:
+        """The state ``info`` yields; ``CorruptionError`` (and remembered as bad) if it does
+        not read. Holding the store's lock."""
+        try:
+            state = self._files.read_state(info, self._index)
+        except CorruptionError as exc:
+            self._mark_bad(info, exc)
+            raise
+        self._bad.pop(info.id, None)
+        return state
+
+    def _find(self, checkpoint_id: str) -> CheckpointInfo:
+        if not isinstance(checkpoint_id, str):
+            raise ValidationError("checkpoint_id", f"must be a str, not {type_name(checkpoint_id)}")
+        info = self._index.get(checkpoint_id)
+        if info is None:
+            raise NotFoundError(f"checkpoint_id: no checkpoint {checkpoint_id!r}")
+        return info
+
+    def checkpoint_state(self, checkpoint_id: str) -> WorkflowState:
+        """The state checkpoint ``checkpoint_id`` holds, read and verified, without restoring
+        it; ``CorruptionError`` if it does not read, ``NotFoundError`` if unknown."""
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            return self._read_checkpoint(self._find(checkpoint_id))
+
+    def restore(self, checkpoint_id: str) -> int:
+        """Make the checkpoint's state the workflow's current state; return the batch's LSN.
+
+        The restore is a logged batch (a ``replace_state``; the workflow is created again if it
+        was deleted), so it survives a crash, its version continues the current one, and
+        restoring a later checkpoint undoes it. ``CorruptionError`` if the checkpoint does not
+        read (nothing changes).
+        """
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            state = self._read_checkpoint(self._find(checkpoint_id))
+        return self._commit(lambda now: self._table.save_batch(state, now))
+
+    def verify(self, checkpoint_id: str | None = None) -> list[CheckpointCheck]:
+        """Verify one checkpoint or all (newest first): checksums, parent chain complete, the
+        state it yields has the recorded checksum and, where the log still holds the
+        workflow's history from its creation, equals replaying the log to its LSN."""
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            infos = self._index.all() if checkpoint_id is None else [self._find(checkpoint_id)]
+            return [self._check(info) for info in infos]
+
+    def _check(self, info: CheckpointInfo) -> CheckpointCheck:
+        try:
+            state = self._read_checkpoint(info)
+        except CorruptionError as exc:
+            return CheckpointCheck(checkpoint=info, ok=False, matches_log=None, problem=str(exc))
+        origin, floor = self._table.origin(info.workflow_id), self._table.floor(info.workflow_id)
+        if origin != info.origin or floor != 0:
+            return CheckpointCheck(checkpoint=info, ok=True, matches_log=None)
+        entries = [e for e in self._table.entries(info.workflow_id) if e[0] <= info.lsn]
+        replayed, _read = self._replay(info.workflow_id, None, entries)
+        if state_checksum(replayed) == state_checksum(state):
+            return CheckpointCheck(checkpoint=info, ok=True, matches_log=True)
+        problem = f"checkpoint {info.id}: its state differs from the log replayed to LSN {info.lsn}"
+        return CheckpointCheck(checkpoint=info, ok=True, matches_log=False, problem=problem)
+
+    def recovery_suggestions(self, workflow_id: str) -> RecoverySuggestion:
+        """Which checkpoint to restore ``workflow_id`` to, which are bad, and what restoring
+        would undo (the workflow's batches after it)."""
+        validate_id(workflow_id, "workflow_id")
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            origin = self._table.origin(workflow_id)
+            bad: list[tuple[str, str]] = []
+            recommended: CheckpointInfo | None = None
+            for info in self._index.of_workflow(workflow_id, origin):
+                if recommended is not None:
+                    if info.id in self._bad:
+                        bad.append((info.id, self._bad[info.id]))
+                    continue
+                try:
+                    self._read_checkpoint(info)
+                except CorruptionError as exc:
+                    bad.append((info.id, str(exc)))
+                    continue
+                recommended = info
+            lost = (
+                self._table.batches_after(workflow_id, recommended.lsn)
+                if recommended is not None and origin is not None
+                else 0
+            )
+        return RecoverySuggestion(
+            workflow_id=workflow_id,
+            recommended=recommended,
+            bad=tuple(bad),
+            batches_lost=lost,
+            lsn_lost_after=recommended.lsn if recommended is not None else 0,
+        )
+
+    # -- retention and compaction -------------------------------------------------------------
+    def retain(
+        self, policy: RetentionPolicy | None = None, *, dry_run: bool = False
+    ) -> RetentionPlan:
+        """Drop the checkpoints ``policy`` (default: the store's) does not keep, folding first
+        every kept incremental checkpoint whose parent goes (docs/format.md §9.5). Returns
+        what was done; with ``dry_run``, what would be done, and nothing changes."""
+        policy = self._policy.retention if policy is None else policy
+        if not isinstance(policy, RetentionPolicy):
+            raise ValidationError("policy", "must be a wfstate.retention.RetentionPolicy")
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            plan = plan_retention(
+                self._index, self._table.live(), policy, self._clock(), bad=set(self._bad)
+            )
+        if dry_run:
+            return plan
+        folded: list[CheckpointInfo] = []
+        for info in plan.fold:
+            done = self._fold(info)
+            if done is not None:
+                folded.append(info)
+        with self._mutex:
+            self._check_open()
+            with self._log.writing() as writer:
+                ids = _droppable(self._index, {info.id for info in plan.drop})
+                lsn = (
+                    writer.enqueue(encode_drop(sorted(ids)), record_type=RECORD_CHECKPOINT_DROP)
+                    if ids
+                    else 0
+                )
+                dropped = self._index.drop(sorted(ids))
+                for info in dropped:
+                    self._forget_recent(info.id)
+                    self._bad.pop(info.id, None)
+        if lsn:
+            self._log.wait(lsn)
+        self._files.delete([info.file for info in dropped] + [info.file for info in folded])
+        return RetentionPlan(
+            drop=tuple(dropped),
+            fold=tuple(folded),
+            kept=len(self._index),
+            bytes_before=plan.bytes_before,
+            bytes_dropped=sum(info.size for info in dropped),
+        )
+
+    def _fold(self, info: CheckpointInfo) -> CheckpointInfo | None:
+        """Rewrite incremental checkpoint ``info`` as a full one under the same id; None when
+        it cannot be (it does not read, or changed meanwhile): then its parent stays."""
+        with self._mutex:
+            if self._index.get(info.id) != info:
+                return None
+            try:
+                state = self._read_checkpoint(info)
+            except CorruptionError:
+                return None
+        template = msgspec.structs.replace(info, parent=None)
+        prepared = self._files.prepare(template, state, None, folded=True)
+        try:
+            with self._mutex:
+                self._check_open()
+                with self._log.writing() as writer:
+                    if self._index.get(info.id) != info:
+                        raise _ParentGone
+                    lsn = self._commit_checkpoint(writer, prepared)
+                self._forget_recent(info.id)
+        except _ParentGone:
+            self._files.abandon(prepared)
+            return None
+        except BaseException:
+            self._files.abandon(prepared)
+            raise
+        self._log.wait(lsn)
+        return prepared.info
+
+    def compact(self, *, dry_run: bool = False) -> CompactionReport:
+        """Checkpoint every workflow the log holds batches of beyond its newest checkpoint,
+        then discard the log before a new segment that starts with the anchor (docs/format.md
+        §9.6), and delete orphan checkpoint files. With ``dry_run``, report what would happen.
+
+        Crash safety: nothing is discarded before every live workflow has a durable checkpoint
+        that was read back whole; the ``DISCARD`` record is durable before ``START`` moves, and
+        ``START`` moves before any segment is deleted (§2.2), so a crash at any point leaves
+        either the old log or the new one with its anchor, and each rebuilds the same states.
+        """
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            uncovered = self._uncovered()
+            if dry_run:
+                return CompactionReport(
+                    dry_run=True,
+                    checkpointed=tuple(uncovered),
+                    segments_discarded=tuple(self._segment_files()),
+                    orphans_deleted=tuple(self._files.orphans(self._index)),
+                    log_first_lsn=self._log.last_lsn + 1,
+                )
+        checkpointed = list(uncovered)
+        for workflow_id in uncovered:
+            try:
+                self._checkpoint(workflow_id, "compaction", "", (), full=True)
+            except NotFoundError:
+                continue  # deleted meanwhile
+        with self._mutex:
+            self._check_open()
+            with self._log.writing() as writer:
+                orphans = self._files.delete(self._files.orphans(self._index))
+                for workflow_id in self._uncovered():  # changed by another process meanwhile
+                    self._checkpoint_held(writer, workflow_id)
+                    checkpointed.append(workflow_id)
+                live = self._table.live()
+                anchor = Anchor(
+                    workflows=tuple(
+                        AnchorWorkflow(w, origin, self._table.last_lsn(w))
+                        for w, (origin, _floor) in sorted(live.items())
+                    ),
+                    checkpoints=tuple(sorted(self._index.all(), key=lambda i: i.id)),
+                )
+                payload = encode_anchor(anchor)
+                writer.start_segment()
+                lsn = writer.enqueue(payload, record_type=RECORD_DISCARD)
+                self._take_anchor(payload, skipped=False)
+            self._log.wait(lsn)
+            before = set(self._segment_files())
+            self._log.discard_before(lsn, payload)
+            discarded = sorted(before - set(self._segment_files()))
+        return CompactionReport(
+            dry_run=False,
+            checkpointed=tuple(sorted(set(checkpointed))),
+            segments_discarded=tuple(discarded),
+            orphans_deleted=tuple(orphans),
+            log_first_lsn=lsn,
+        )
+
+    def _uncovered(self) -> list[str]:
+        """Live workflows without a checkpoint that reads at or above their last batch (each
+        candidate is read back: a log is never discarded on the word of an unread file)."""
+        uncovered = []
+        for workflow_id, (origin, _floor) in sorted(self._table.live().items()):
+            last = self._table.last_lsn(workflow_id)
+            for info in self._index.of_workflow(workflow_id, origin):
+                if info.lsn < last:
+                    uncovered.append(workflow_id)
+                    break
+                if info.id in self._bad:
+                    continue
+                try:
+                    self._read_checkpoint(info)
+                except CorruptionError:
+                    continue
+                break
+            else:
+                uncovered.append(workflow_id)
+        return uncovered
+
+    def _checkpoint_held(self, writer: LogWriter, workflow_id: str) -> None:
+        """A full compaction checkpoint taken while holding the writers' lock."""
+        state = self._table.get(workflow_id)
+        assert state is not None
+        template = CheckpointInfo(
+            id=f"ck-{secrets.token_hex(8)}",
+            workflow_id=workflow_id,
+            origin=self._table.origin(workflow_id) or 0,
+            lsn=state.metadata.last_lsn,
+            parent=None,
+            session_id=state.context.session_id,
+            type="compaction",
+            tags=(),
+            description="",
+            file="",
+            size=0,
+            checksum=0,
+            created=self._clock(),
+        )
+        prepared = self._files.prepare(template, state, None)
+        try:
+            self._commit_checkpoint(writer, prepared)
+        except BaseException:
+            self._files.abandon(prepared)
+            raise
+        self._remember_recent(prepared)
+
+    def _segment_files(self) -> list[str]:
+        wal_dir = self._log.path
+        return sorted(n for n in self._fs.listdir(wal_dir) if parse_segment_name(n) is not None)
+
+    def stats(self) -> StoreStats:
+        """Sizes of the log and the checkpoints, and how much a load or a crash replays."""
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            live = self._table.live()
+            uncovered = sum(
+                self._table.batches_after(w, self._index.newest_lsn(w, origin))
+                for w, (origin, _floor) in live.items()
+            )
+            segments = self._segment_files()
+            return StoreStats(
+                workflows=len(live),
+                last_lsn=self._log.last_lsn,
+                log_first_lsn=self._log.first_lsn,
+                log_segments=len(segments),
+                log_bytes=sum(
+                    self._fs.file_size(os.path.join(self._log.path, n)) for n in segments
+                ),
+                uncovered_batches=uncovered,
+                bytes_since_compaction=self._logged_bytes,
+                checkpoints=len(self._index),
+                checkpoint_bytes=self._index.total_size(),
+                bad_checkpoints=tuple(sorted(self._bad)),
+                auto_checkpoint_failures=self._auto_failures,
+            )
+
+    # -- automatic checkpoints ----------------------------------------------------------------
+    def _committed(self, stamped: Sequence[Mutation], lsn: int) -> None:
+        policy = self._policy
+        wanted: dict[str, CheckpointType] = {}
+
+        def want(workflow_id: str, kind: CheckpointType) -> None:
+            if _TYPE_RANK[kind] >= _TYPE_RANK.get(wanted.get(workflow_id, ""), -1):
+                wanted[workflow_id] = kind
+
+        for m in stamped:
+            if isinstance(m, SetStepStatus):
+                if m.status == "running" and policy.on_step_start:
+                    want(m.workflow_id, "pre_step")
+                elif m.status in ("completed", "skipped") and policy.on_step_end:
+                    want(m.workflow_id, "post_step")
+                elif m.status == "failed" and policy.on_error:
+                    want(m.workflow_id, "error")
+            elif isinstance(m, SetWorkflowStatus) and m.status == "failed" and policy.on_error:
+                want(m.workflow_id, "error")
+        if policy.every_batches is not None:
+            with self._mutex:
+                for _op, workflow_id in mutation_targets(stamped):
+                    origin = self._table.origin(workflow_id)
+                    if workflow_id in wanted or origin is None:
+                        continue
+                    newest = self._index.newest_lsn(workflow_id, origin)
+                    if self._table.batches_after(workflow_id, newest) >= policy.every_batches:
+                        want(workflow_id, "automatic")
+        for workflow_id, kind in wanted.items():
+            try:
+                self._checkpoint(workflow_id, kind, "", ())
+            except NotFoundError:
+                continue  # deleted by a later commit meanwhile
+            except (WfstateError, OSError) as exc:
+                self._auto_failures += 1
+                _LOG.warning("automatic %s checkpoint of %r failed: %s", kind, workflow_id, exc)
+        if policy.every_log_bytes is not None and self._logged_bytes >= policy.every_log_bytes:
+            try:
+                self.compact()
+                self.retain()
+            except (WfstateError, OSError) as exc:
+                self._auto_failures += 1
+                _LOG.warning("automatic compaction failed: %s", exc)
+
+
+class _ParentGone(Exception):
+    """The checkpoint a prepared one builds on left the index before it could commit."""
+
+
+_KIND: Final = {
+    RECORD_BATCH: "batch",
+    RECORD_CHECKPOINT: "checkpoint record",
+    RECORD_CHECKPOINT_DROP: "checkpoint drop",
+    RECORD_DISCARD: "discard record",
+}
+
+_TYPES: Final = frozenset({"manual", "automatic", "pre_step", "post_step", "error", "compaction"})
+_RECENT_STATES: Final = 64
+"""Workflows whose newest checkpoint's state a handle keeps, to write incremental ones."""
+
+
+def _droppable(index: CheckpointIndex, wanted: set[str]) -> set[str]:
+    """``wanted`` less every checkpoint a remaining one still builds on (its fold failed, or
+    another process added a child meanwhile), and their ancestors."""
+    drop = {i for i in wanted if i in index}
+    changed = True
+    while changed:
+        changed = False
+        for checkpoint_id in sorted(drop):
+            if any(child.id not in drop for child in index.children(checkpoint_id)):
+                drop.discard(checkpoint_id)
+                changed = True
+    return drop
+
+
+def type_name(value: object) -> str:
+    return type(value).__name__

@@ -1,0 +1,67 @@
+"""When a store takes checkpoints and compacts on its own: :class:`CheckpointPolicy`.
+
+Automatic checkpoints are taken right after the commit that triggers them, by the committing
+thread, and only once that commit is durable; a failure to take one is reported (logged and
+counted in the store's stats) but never turns the successful commit into an error. Turn a
+trigger off with ``None``/``False``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from wfstate.errors import ValidationError
+from wfstate.retention import DEFAULT_RETENTION, RetentionPolicy
+
+
+class CheckpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """What a store does on its own (module docstring).
+
+    ``every_batches``: checkpoint a workflow once this many batches changed it since its newest
+    checkpoint (bounds the replay a load does). ``every_log_bytes``: compact (checkpoint what
+    the log holds uncovered, discard the log before, apply ``retention``) once this many bytes
+    of batches were logged since the last compaction this process saw (bounds the log).
+    ``on_step_start`` / ``on_step_end``: a ``pre_step`` checkpoint after a batch that starts a
+    step (status ``running``), a ``post_step`` one after a batch that ends one (``completed``,
+    ``skipped``). ``on_error``: an ``error`` checkpoint after a batch that fails a step or the
+    workflow. ``incremental``: write incremental checkpoints when this process holds the
+    parent's state, at most ``max_chain`` links deep; full ones otherwise.
+    """
+
+    every_batches: int | None = 1000
+    every_log_bytes: int | None = 256 * 1024 * 1024
+    on_step_start: bool = False
+    on_step_end: bool = False
+    on_error: bool = True
+    incremental: bool = True
+    max_chain: int = 8
+    retention: RetentionPolicy = DEFAULT_RETENTION
+
+    def __post_init__(self) -> None:
+        for field in ("every_batches", "every_log_bytes"):
+            value = getattr(self, field)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValidationError(field, f"must be an int >= 1 or None, not {value!r}")
+        for field in ("on_step_start", "on_step_end", "on_error", "incremental"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValidationError(field, f"must be a bool, not {getattr(self, field)!r}")
+        if (
+            isinstance(self.max_chain, bool)
+            or not isinstance(self.max_chain, int)
+            or not (1 <= self.max_chain <= 64)
+        ):
+            raise ValidationError("max_chain", f"must be an int in 1..64, not {self.max_chain!r}")
+        if not isinstance(self.retention, RetentionPolicy):
+            raise ValidationError("retention", "must be a wfstate.retention.RetentionPolicy")
+
+
+DEFAULT_POLICY: Final = CheckpointPolicy()
+
+MANUAL_ONLY: Final = CheckpointPolicy(
+    every_batches=None, every_log_bytes=None, on_error=False, incremental=True
+)
+"""No automatic checkpoints or compaction: only what the application asks for."""

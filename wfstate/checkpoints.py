@@ -1,0 +1,208 @@
+"""The checkpoint files of a store directory: written in two steps, read back verified.
+
+Writing follows docs/format.md §9.3. :meth:`CheckpointFiles.prepare` encodes a checkpoint and
+writes it to a temp file, fsynced, outside the writers' lock: that is where a full disk or an
+I/O error surfaces, and nothing any reader sees has changed. :meth:`CheckpointFiles.install`
+renames it into place and fsyncs the directory; the caller does that holding the writers'
+lock and then appends the ``CHECKPOINT`` record, the commit point. Until that record is durable
+the file is an orphan no index names: never read, and deleted by the next compaction (which
+holds the lock, so it can never take a file another process is between rename and record).
+
+Reading (:meth:`CheckpointFiles.read_state`) verifies everything §9.1 lists: the header and
+payload checksums, that the file is the one its index entry names (the entry's checksum is
+the file's header checksum), that an incremental's parents are all in the index and read, and
+that the state produced has the checksum recorded at creation. Any failure is a
+``CorruptionError`` naming the file; the caller falls back to an older checkpoint (§9.7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterable
+from typing import Final, NamedTuple
+
+from wfstate.checkpointfile import decode_checkpoint, encode_checkpoint, read_header, yielded_state
+from wfstate.checkpointindex import CheckpointIndex, CheckpointInfo
+from wfstate.delta import compute_delta
+from wfstate.errors import CorruptionError, SchemaVersionError
+from wfstate.format import CHECKPOINT_SUFFIX, checkpoint_file_name
+from wfstate.fs import FileSystem, temp_name
+from wfstate.model import WorkflowState, state_checksum
+from wfstate.wal.codec import Compression
+
+_TEMP: Final = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.tmp$")
+
+
+class Prepared(NamedTuple):
+    """A checkpoint file written and fsynced under a temp name, not yet in place."""
+
+    temp: str
+    info: CheckpointInfo
+    state: WorkflowState
+
+
+class CheckpointFiles:
+    """The files of ``directory`` (``<store>/checkpoints``) of the store with ``epoch``."""
+
+    def __init__(
+        self, fs: FileSystem, directory: str, epoch: int, compression: Compression | None
+    ) -> None:
+        self._fs = fs
+        self.directory = directory
+        self._epoch = epoch
+        self._compression = compression
+
+    def path(self, info: CheckpointInfo) -> str:
+        return os.path.join(self.directory, info.file)
+
+    def prepare(
+        self,
+        template: CheckpointInfo,
+        state: WorkflowState,
+        parent: tuple[CheckpointInfo, WorkflowState] | None,
+        *,
+        folded: bool = False,
+    ) -> Prepared:
+        """Write the checkpoint ``template`` describes (its ``size``, ``checksum`` and ``file``
+        are filled in here) holding ``state``: incremental from ``parent`` (its entry and the
+        state it yields) when given, else full. Raises ``OSError`` (nothing is left behind)."""
+        file = checkpoint_file_name(template.id, folded=folded)
+        data = encode_checkpoint(
+            checkpoint_id=template.id,
+            workflow_id=template.workflow_id,
+            origin=template.origin,
+            lsn=template.lsn,
+            epoch=self._epoch,
+            parent=parent[0].id if parent is not None else None,
+            state=state if parent is None else None,
+            delta=compute_delta(parent[1], state) if parent is not None else None,
+            state_checksum=state_checksum(state),
+            compression=self._compression,
+        )
+        header = read_header(data, file)
+        info = CheckpointInfo(
+            id=template.id,
+            workflow_id=template.workflow_id,
+            origin=template.origin,
+            lsn=template.lsn,
+            parent=parent[0].id if parent is not None else None,
+            session_id=template.session_id,
+            type=template.type,
+            tags=template.tags,
+            description=template.description,
+            file=file,
+            size=len(data),
+            checksum=header.header_checksum,
+            created=template.created,
+        )
+        temp = temp_name(os.path.join(self.directory, file))
+        fd = self._fs.create_exclusive(temp)
+        try:
+            try:
+                self._fs.write(fd, data)
+                self._fs.fsync(fd)
+            finally:
+                self._fs.close(fd)
+        except BaseException:
+            self._remove_quietly(temp)
+            raise
+        return Prepared(temp, info, state)
+
+    def install(self, prepared: Prepared) -> None:
+        """Rename the prepared file into place and make that durable. Call holding the
+        writers' lock, and append the ``CHECKPOINT`` record right after."""
+        self._fs.replace(prepared.temp, self.path(prepared.info))
+        self._fs.fsync_dir(self.directory)
+
+    def abandon(self, prepared: Prepared) -> None:
+        """Remove a prepared file that will not be committed."""
+        self._remove_quietly(prepared.temp)
+
+    def read_state(self, info: CheckpointInfo, index: CheckpointIndex) -> WorkflowState:
+        """The state checkpoint ``info`` yields, verified (module docstring)."""
+        chain = index.chain(info)
+        if chain is None:
+            raise CorruptionError(
+                self.path(info), 0, f"checkpoint {info.id}: a parent is missing from the index"
+            )
+        state: WorkflowState | None = None
+        for link in chain:
+            path = self.path(link)
+            try:
+                data = self._fs.read_file(path)
+            except FileNotFoundError as exc:
+                raise CorruptionError(path, 0, f"checkpoint {link.id}: file missing") from exc
+            try:
+                decoded = decode_checkpoint(data, path, epoch=self._epoch)
+            except SchemaVersionError as exc:  # intact, but not readable by this version
+                raise CorruptionError(path, 0, f"checkpoint {link.id}: {exc}") from exc
+            _check_entry(decoded, link, path)
+            state = yielded_state(decoded, state, path)
+        assert state is not None
+        return state
+
+    def delete(self, files: Iterable[str]) -> list[str]:
+        """Delete ``files`` (names in the directory) and fsync it; returns those deleted."""
+        deleted = []
+        for name in files:
+            try:
+                self._fs.unlink(os.path.join(self.directory, name))
+            except FileNotFoundError:
+                continue
+            deleted.append(name)
+        if deleted:
+            self._fs.fsync_dir(self.directory)
+        return deleted
+
+    def orphans(self, index: CheckpointIndex) -> list[str]:
+        """Files no index entry names: checkpoint files a crash left uncommitted or dropped
+        but not yet deleted, and temp files of processes no longer running. Meaningful only
+        to the writers' lock holder (an uncommitted file is renamed in only under it)."""
+        named = index.files()
+        found = []
+        for name in self._fs.listdir(self.directory):
+            temp = _TEMP.match(name)
+            if temp is not None:
+                if not _running(int(temp.group(1))):
+                    found.append(name)
+            elif name.endswith(CHECKPOINT_SUFFIX) and name not in named:
+                found.append(name)
+        return sorted(found)
+
+    def _remove_quietly(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            self._fs.unlink(path)
+
+
+def _check_entry(decoded: object, info: CheckpointInfo, path: str) -> None:
+    """The file must be the one ``info`` names (docs/format.md §9.1)."""
+    expected = {
+        "checkpoint_id": info.id,
+        "workflow_id": info.workflow_id,
+        "origin": info.origin,
+        "lsn": info.lsn,
+        "parent": info.parent,
+        "header_checksum": info.checksum,
+    }
+    for field, value in expected.items():
+        found = getattr(decoded, field)
+        if found != value:
+            raise CorruptionError(
+                path, 0, f"checkpoint {info.id}: the file has {field} {found!r}, not {value!r}"
+            )
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (temp files carry their writer's pid).
+    A reused pid only delays a temp file's deletion to a later compaction."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
