@@ -5,6 +5,14 @@ The public surface is re-exported here; everything else is internal and may chan
 
 from wfstate.backends.local import LocalStore
 from wfstate.backends.memory import MemoryStore
+from wfstate.checkpointindex import CheckpointInfo, CheckpointType
+from wfstate.checkpointpolicy import MANUAL_ONLY, CheckpointPolicy
+from wfstate.checkpointreports import (
+    CheckpointCheck,
+    CompactionReport,
+    RecoverySuggestion,
+    StoreStats,
+)
 from wfstate.errors import (
     BackendError,
     ClosedError,
@@ -33,6 +41,7 @@ from wfstate.mutations import (
     SetWorkflowStatus,
     UpdateContext,
 )
+from wfstate.retention import RetentionPlan, RetentionPolicy
 from wfstate.schema import SchemaUpgrades
 from wfstate.store import Store
 from wfstate.wal import (
@@ -48,9 +57,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "MANUAL_ONLY",
     "SCHEMA_VERSION",
     "BackendError",
+    "CheckpointCheck",
+    "CheckpointInfo",
+    "CheckpointPolicy",
+    "CheckpointType",
     "ClosedError",
+    "CompactionReport",
     "Compression",
     "CorruptionError",
     "CreateWorkflow",
@@ -67,7 +82,10 @@ __all__ = [
     "PutStepOutput",
     "Record",
     "RecoveryMode",
+    "RecoverySuggestion",
     "ReplaceState",
+    "RetentionPlan",
+    "RetentionPolicy",
     "SchemaUpgrades",
     "SchemaVersionError",
     "SetAgentState",
@@ -76,6 +94,7 @@ __all__ = [
     "StaleOwnerError",
     "Store",
     "StorePoisonedError",
+    "StoreStats",
     "TornWriteError",
     "TransactionError",
     "UpdateContext",
