@@ -14,6 +14,11 @@ import msgspec
 
 from wfstate.errors import ValidationError
 from wfstate.retention import DEFAULT_RETENTION, RetentionPolicy
+from wfstate.wal.codec import Compression
+
+CHECKPOINT_COMPRESSION: Final = Compression(codec="zstd", level=1)
+"""zstd level 1: on the 1,000-step reference state it compresses 1.2 MB about 1.4x faster
+than the log's level 3 for a file 9 % larger (checkpoints are written whole, often)."""
 
 
 class CheckpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,7 +32,10 @@ class CheckpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
     step (status ``running``), a ``post_step`` one after a batch that ends one (``completed``,
     ``skipped``). ``on_error``: an ``error`` checkpoint after a batch that fails a step or the
     workflow. ``incremental``: write incremental checkpoints when this process holds the
-    parent's state, at most ``max_chain`` links deep; full ones otherwise.
+    parent's state, at most ``max_chain`` links deep; full ones otherwise. ``compression``:
+    how checkpoint files are compressed (the log's setting is separate). ``retention``: what
+    :meth:`~wfstate.backends.local.LocalStore.retain` keeps by default and after an
+    automatic compaction.
     """
 
     every_batches: int | None = 1000
@@ -37,6 +45,7 @@ class CheckpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
     on_error: bool = True
     incremental: bool = True
     max_chain: int = 8
+    compression: Compression = CHECKPOINT_COMPRESSION
     retention: RetentionPolicy = DEFAULT_RETENTION
 
     def __post_init__(self) -> None:
@@ -55,6 +64,8 @@ class CheckpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
             or not (1 <= self.max_chain <= 64)
         ):
             raise ValidationError("max_chain", f"must be an int in 1..64, not {self.max_chain!r}")
+        if not isinstance(self.compression, Compression):
+            raise ValidationError("compression", "must be a wfstate.wal.Compression")
         if not isinstance(self.retention, RetentionPolicy):
             raise ValidationError("retention", "must be a wfstate.retention.RetentionPolicy")
 

@@ -119,7 +119,6 @@ class LocalStore(TableStore):
         fs: FileSystem,
         upgrades: SchemaUpgrades,
         policy: CheckpointPolicy,
-        compression: Compression | None,
     ) -> None:
         super().__init__(table, clock=clock, name=path)
         self._log = log
@@ -129,7 +128,7 @@ class LocalStore(TableStore):
         self._policy = policy
         self._index = CheckpointIndex()
         self._files = CheckpointFiles(
-            fs, os.path.join(path, CHECKPOINTS_DIR), log.epoch, compression
+            fs, os.path.join(path, CHECKPOINTS_DIR), log.epoch, policy.compression
         )
         # parent candidates for incremental checkpoints: workflow -> (entry, state it yields)
         self._recent: OrderedDict[str, tuple[CheckpointInfo, WorkflowState]] = OrderedDict()
@@ -213,7 +212,6 @@ class LocalStore(TableStore):
                 fs=fs,
                 upgrades=upgrades,
                 policy=checkpoints,
-                compression=compression,
             )
             stores.append(store)
             if log.anchor:
