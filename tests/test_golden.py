@@ -6,10 +6,17 @@ For every version ``v<N>``: (a) the committed files read back as exactly ``recor
 also: (b) generating the fixture again gives byte-identical files. v1 is never regenerated:
 the current reader must read it as committed.
 
+v2 also pins checkpoints (docs/format.md §9): the files ``fixtures/golden/v2/checkpoints/`` of a
+full and an incremental checkpoint, and the payloads of the ``CHECKPOINT``, ``CHECKPOINT_DROP``
+and ``DISCARD`` records, with the same (a), (b) and (c).
+
 If (b) fails after a dependency upgrade while (a) and (c) pass, the zstd or lz4 library now
 compresses the same payload to different bytes: the format did not change (the reader still
 reads the old bytes, (a) proves it), so update the pinned library versions or regenerate the
-fixture on purpose. If (a) or (c) fails, the on-disk format changed: bump FORMAT_VERSION.
+fixture on purpose. If (a) or (c) fails, the on-disk format changed: bump FORMAT_VERSION. One
+exception: the golden child state is derived with ``wfstate.mutations.apply``; if the
+incremental checkpoint still yields a state with its header's ``state_checksum`` but not
+``child_state()``, the mutations changed, not the format (regenerate on purpose).
 """
 
 from __future__ import annotations
@@ -23,25 +30,85 @@ from pathlib import Path
 import msgspec
 import pytest
 import xxhash
+import zstandard
 
 from fixtures.golden import (
     ANCHOR,
+    CHECKPOINTS_DIR,
     DISCARD_BEFORE,
+    DISCARD_FILE,
+    DROP_FILE,
+    ENTRY_FILES,
     EPOCH,
+    EXPECTED_FILE,
     FIXTURE_DIR,
+    FULL_ID,
+    FULL_LSN,
+    INCREMENTAL_ID,
+    INCREMENTAL_LSN,
+    ORIGIN,
     V1_DIR,
+    WORKFLOW_ID,
+    checkpoint_anchor,
+    checkpoint_entries,
+    checkpoint_fixture,
+    child_state,
     generate,
+    generate_checkpoints,
+    parent_state,
     records_json,
     write_golden_log,
 )
+from wfstate.checkpointfile import decode_checkpoint, yielded_state
+from wfstate.checkpointindex import decode_anchor, decode_drop, decode_entry
 from wfstate.errors import NotFoundError
 from wfstate.fs import OS_FS
+from wfstate.model import state_checksum
 from wfstate.wal import Log, LogScan, Record
 
 SEG1_NAME = "0000000000000001-0000000000000001.wal"
 SEG2_NAME = "0000000000000002-0000000000000006.wal"
 V1_WAL = V1_DIR / "wal"
 V2_WAL = FIXTURE_DIR / "wal"
+FULL_FILE = f"{FULL_ID}.ckpt"
+INCREMENTAL_FILE = f"{INCREMENTAL_ID}.ckpt"
+CHECKPOINT_FIXTURE_FILES = sorted(
+    [FULL_FILE, INCREMENTAL_FILE, *ENTRY_FILES.values(), DROP_FILE, DISCARD_FILE, EXPECTED_FILE]
+)
+# docs/format.md §9.1: the payload map of a checkpoint file, keys in sorted order
+FULL_PAYLOAD_KEYS = ["id", "origin", "parent", "state", "v", "workflow_id"]
+INCREMENTAL_PAYLOAD_KEYS = ["delta", "id", "origin", "parent", "v", "workflow_id"]
+# §9.2: the keys a delta may hold (metadata and workflow always)
+DELTA_KEYS = {
+    "metadata",
+    "workflow",
+    "steps",
+    "step_ids",
+    "agents",
+    "agents_removed",
+    "outputs",
+    "outputs_removed",
+    "context",
+    "performance",
+}
+# §9.3: the CHECKPOINT payload
+ENTRY_KEYS = {
+    "v",
+    "id",
+    "workflow_id",
+    "origin",
+    "lsn",
+    "parent",
+    "session_id",
+    "type",
+    "tags",
+    "description",
+    "file",
+    "size",
+    "checksum",
+    "created",
+}
+CHECKPOINT_TYPES = {"manual", "automatic", "pre_step", "post_step", "error", "compaction"}
 
 
 def expected_records(fixture: Path) -> list[Record]:
@@ -211,3 +278,213 @@ def test_v2_fixture_bytes_match_the_format_tables() -> None:
     assert struct.unpack_from("<Q", start, 48)[0] == xxh3(ANCHOR)  # anchor_checksum
     assert struct.unpack_from("<Q", start, 56)[0] == xxh3(start[:56])  # header_checksum
     assert start[64:] == ANCHOR  # the anchor, after the header
+
+
+# -- checkpoints (docs/format.md §9) -------------------------------------------------------------
+def committed(name: str) -> bytes:
+    return (CHECKPOINTS_DIR / name).read_bytes()
+
+
+def expected_checkpoints() -> dict[str, dict[str, object]]:
+    document = json.loads(committed(EXPECTED_FILE))
+    assert document["epoch"] == f"{EPOCH:#018x}"
+    checkpoints: dict[str, dict[str, object]] = document["checkpoints"]
+    return checkpoints
+
+
+# (a) the committed files read back
+def test_committed_checkpoint_files_decode_to_the_generator_states() -> None:
+    assert sorted(os.listdir(CHECKPOINTS_DIR)) == CHECKPOINT_FIXTURE_FILES
+    parent, child = parent_state(), child_state()
+
+    full_path = str(CHECKPOINTS_DIR / FULL_FILE)
+    full = decode_checkpoint(committed(FULL_FILE), full_path, epoch=EPOCH)
+    assert (full.checkpoint_id, full.workflow_id, full.origin, full.lsn) == (
+        FULL_ID,
+        WORKFLOW_ID,
+        ORIGIN,
+        FULL_LSN,
+    )
+    assert (full.kind, full.parent, full.delta) == (1, None, None)
+    assert full.state == parent
+    assert full.state_checksum == state_checksum(parent)
+    assert yielded_state(full, None, full_path) == parent
+
+    incremental_path = str(CHECKPOINTS_DIR / INCREMENTAL_FILE)
+    incremental = decode_checkpoint(committed(INCREMENTAL_FILE), incremental_path, epoch=EPOCH)
+    assert (incremental.checkpoint_id, incremental.workflow_id) == (INCREMENTAL_ID, WORKFLOW_ID)
+    assert (incremental.origin, incremental.lsn) == (ORIGIN, INCREMENTAL_LSN)
+    assert (incremental.kind, incremental.parent, incremental.state) == (2, FULL_ID, None)
+    assert incremental.delta is not None
+    # yielded_state checks the header's state_checksum: the delta applies to the full state
+    yielded = yielded_state(incremental, full.state, incremental_path)
+    assert incremental.state_checksum == state_checksum(yielded)
+    assert yielded == child  # see the module docstring if only this fails
+
+    # the header fields, as expected.json lists them
+    expected = expected_checkpoints()
+    for decoded, state in ((full, parent), (incremental, child)):
+        fields = expected[decoded.checkpoint_id]
+        assert fields["size"] == decoded.size
+        assert fields["lsn"] == decoded.lsn and fields["kind"] == decoded.kind
+        assert fields["header_checksum"] == f"{decoded.header_checksum:#018x}"
+        assert fields["state_checksum"] == f"{decoded.state_checksum:#018x}"
+        assert fields["yields_state_checksum"] == f"{state_checksum(state):#018x}"
+
+
+def test_committed_checkpoint_payloads_decode_to_the_entries_and_anchor() -> None:
+    full_entry, incremental_entry = checkpoint_entries()
+    assert decode_entry(committed(ENTRY_FILES[FULL_ID])) == full_entry
+    assert decode_entry(committed(ENTRY_FILES[INCREMENTAL_ID])) == incremental_entry
+    assert decode_drop(committed(DROP_FILE)) == (FULL_ID, INCREMENTAL_ID)
+    anchor = decode_anchor(committed(DISCARD_FILE))
+    assert anchor == checkpoint_anchor()
+    assert [(w.workflow_id, w.origin, w.floor) for w in anchor.workflows] == [
+        (WORKFLOW_ID, ORIGIN, INCREMENTAL_LSN)
+    ]
+    assert anchor.checkpoints == (full_entry, incremental_entry)
+    # each entry names its committed file: its name, size and header checksum
+    for entry in (full_entry, incremental_entry):
+        data = committed(entry.file)
+        decoded = decode_checkpoint(data, entry.file, epoch=EPOCH)
+        assert (entry.size, entry.checksum) == (len(data), decoded.header_checksum)
+        assert (entry.id, entry.parent, entry.lsn) == (
+            decoded.checkpoint_id,
+            decoded.parent,
+            decoded.lsn,
+        )
+    assert (full_entry.parent, incremental_entry.parent) == (None, FULL_ID)
+
+
+# (b) regenerating gives the same bytes
+def test_regenerating_checkpoints_gives_identical_bytes(tmp_path: Path) -> None:
+    # Depends on the zstd version compressing identically: see the module docstring.
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "stale.ckpt").write_bytes(b"left by an older generator")
+    names = generate_checkpoints(tmp_path)
+    assert names == CHECKPOINT_FIXTURE_FILES
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == names
+    for name in names:
+        assert (tmp_path / "checkpoints" / name).read_bytes() == committed(name), name
+    assert checkpoint_fixture() == {name: committed(name) for name in names}
+
+
+# (c) the bytes match the tables
+@pytest.mark.parametrize(
+    ("name", "kind", "codec", "lsn"),
+    [(FULL_FILE, 1, 2, FULL_LSN), (INCREMENTAL_FILE, 2, 0, INCREMENTAL_LSN)],
+)
+def test_checkpoint_file_bytes_match_the_format_tables(
+    name: str, kind: int, codec: int, lsn: int
+) -> None:
+    data = committed(name)
+    # §9.1, field by field
+    assert data[0:8] == b"WFSTCKPT"  # magic
+    assert struct.unpack_from("<H", data, 8)[0] == 2  # format_version
+    assert struct.unpack_from("<H", data, 10)[0] == 64  # header_size
+    assert data[12] == kind  # kind: 1 full, 2 incremental
+    assert data[13] == codec  # codec: 0 none, 2 zstd frame
+    assert struct.unpack_from("<H", data, 14)[0] == 0  # reserved
+    assert struct.unpack_from("<Q", data, 16)[0] == EPOCH  # epoch
+    assert struct.unpack_from("<Q", data, 24)[0] == lsn  # lsn
+    length, raw_length = struct.unpack_from("<II", data, 32)  # length, raw_length
+    stored = data[64:]
+    assert len(data) == 64 + length  # the file is exactly 64 + length bytes
+    assert 1 <= length <= 1 << 30 and 1 <= raw_length <= 1 << 30
+    assert struct.unpack_from("<Q", data, 40)[0] == xxh3(stored)  # payload_checksum
+    state_sum = struct.unpack_from("<Q", data, 48)[0]  # state_checksum
+    assert struct.unpack_from("<Q", data, 56)[0] == xxh3(data[:56])  # header_checksum
+
+    fields = expected_checkpoints()[name.removesuffix(".ckpt")]
+    assert (fields["kind"], fields["codec"], fields["lsn"]) == (kind, codec, lsn)
+    assert (fields["length"], fields["raw_length"], fields["size"]) == (
+        length,
+        raw_length,
+        len(data),
+    )
+    assert fields["payload_checksum"] == f"{xxh3(stored):#018x}"
+    assert fields["state_checksum"] == fields["yields_state_checksum"] == f"{state_sum:#018x}"
+
+    if codec == 0:
+        assert raw_length == length
+        raw = stored
+    else:
+        assert length < raw_length  # the full state compresses
+        assert stored[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame's magic number
+        raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_length)
+    assert len(raw) == raw_length
+
+    # the payload: one MessagePack map, the keys of §9.1 in sorted order
+    payload = msgspec.msgpack.decode(raw)
+    assert isinstance(payload, dict)
+    assert list(payload) == (FULL_PAYLOAD_KEYS if kind == 1 else INCREMENTAL_PAYLOAD_KEYS)
+    assert payload["v"] == 1  # SCHEMA_VERSION
+    assert payload["id"] == name.removesuffix(".ckpt")
+    assert payload["workflow_id"] == WORKFLOW_ID
+    assert 1 <= payload["origin"] == ORIGIN <= lsn
+    if kind == 1:
+        assert payload["parent"] is None  # nil, written
+        assert payload["state"]["workflow"]["id"] == WORKFLOW_ID
+    else:
+        assert payload["parent"] == FULL_ID
+        delta = payload["delta"]  # §9.2: keys sorted, metadata and workflow always
+        assert list(delta) == sorted(delta) and set(delta) <= DELTA_KEYS
+        assert {"metadata", "workflow"} <= set(delta)
+        assert "steps" not in delta["workflow"]  # the workflow without its steps
+        assert [step["id"] for step in delta["steps"]] == ["summarize"]  # only the changed step
+        assert "step_ids" not in delta  # the order and the set of steps are the parent's
+
+
+def test_checkpoint_record_payload_bytes_match_the_format_tables() -> None:
+    record_types = json.loads(committed(EXPECTED_FILE))["record_types"]
+    assert record_types == {  # §5: CHECKPOINT 3, CHECKPOINT_DROP 4, DISCARD 5
+        ENTRY_FILES[FULL_ID]: 3,
+        ENTRY_FILES[INCREMENTAL_ID]: 3,
+        DROP_FILE: 4,
+        DISCARD_FILE: 5,
+    }
+    entries = []
+    for checkpoint_id, file, parent, lsn in (
+        (FULL_ID, FULL_FILE, None, FULL_LSN),
+        (INCREMENTAL_ID, INCREMENTAL_FILE, FULL_ID, INCREMENTAL_LSN),
+    ):
+        # §9.3, the CHECKPOINT payload: a map of exactly these keys (written sorted)
+        entry = msgspec.msgpack.decode(committed(ENTRY_FILES[checkpoint_id]))
+        assert isinstance(entry, dict)
+        assert set(entry) == ENTRY_KEYS and list(entry) == sorted(entry)
+        data = committed(file)
+        assert entry["v"] == 1
+        assert entry["id"] == checkpoint_id
+        assert (entry["workflow_id"], entry["origin"], entry["parent"]) == (
+            WORKFLOW_ID,
+            ORIGIN,
+            parent,
+        )
+        assert entry["lsn"] == lsn == struct.unpack_from("<Q", data, 24)[0]  # as in the file
+        assert entry["session_id"] == "session-7"
+        assert entry["type"] in CHECKPOINT_TYPES
+        assert all(isinstance(tag, str) for tag in entry["tags"])
+        assert isinstance(entry["description"], str)
+        assert entry["file"] == file
+        assert entry["size"] == len(data)
+        assert entry["checksum"] == struct.unpack_from("<Q", data, 56)[0]  # header_checksum
+        assert isinstance(entry["created"], float)
+        entries.append(entry)
+
+    # §9.4, CHECKPOINT_DROP
+    drop = msgspec.msgpack.decode(committed(DROP_FILE))
+    assert drop == {"v": 1, "ids": [FULL_ID, INCREMENTAL_ID]}
+    assert list(drop) == ["ids", "v"]
+
+    # §9.6, DISCARD: the anchor
+    anchor = msgspec.msgpack.decode(committed(DISCARD_FILE))
+    assert isinstance(anchor, dict)
+    assert list(anchor) == ["checkpoints", "v", "workflows"]
+    assert anchor["v"] == 1
+    # [workflow_id, origin, floor], sorted by id
+    assert anchor["workflows"] == [[WORKFLOW_ID, ORIGIN, INCREMENTAL_LSN]]
+    # the index, sorted by id: the entries, without their own `v` (the anchor's covers them)
+    assert anchor["checkpoints"] == [
+        {k: v for k, v in entry.items() if k != "v"}
+        for entry in sorted(entries, key=lambda e: e["id"])
+    ]
