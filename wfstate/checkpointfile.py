@@ -57,6 +57,7 @@ from typing import Annotated, Final, NamedTuple, TypeVar
 
 import msgspec
 from msgspec import UNSET, UnsetType
+from msgspec.structs import replace
 
 from wfstate.delta import StateDelta, apply_delta, check_delta, decode_delta, encode_delta
 from wfstate.errors import CorruptionError, FormatVersionError, SchemaVersionError, ValidationError
@@ -301,15 +302,18 @@ def encode_checkpoint(
     parent: str | None,
     state: WorkflowState | None,
     delta: StateDelta | None,
-    state_checksum: int,
+    state_checksum: int | None = None,
     compression: Compression | None = None,
 ) -> bytes:
     """The whole checkpoint file: full when ``parent`` is None (give ``state``), incremental
     otherwise (give ``delta``, the delta from the parent checkpoint's state).
 
     ``state_checksum`` is :func:`~wfstate.model.state_checksum` of the state the file yields:
-    ``state`` (checked here), or the child state ``delta`` was computed to (the caller's: it
-    is not in the arguments). ``compression`` as the log's (default zstd level 3; a payload
+    ``state`` (computed here when None, checked here otherwise), or the child state ``delta``
+    was computed to (the caller's, required: it is not in the arguments). A full checkpoint
+    stores ``state`` with ``metadata.last_lsn`` 0, so its checksum is the hash of the stored
+    bytes, and it decodes with ``last_lsn`` 0 (the LSN stamp is the store's: ``lsn``).
+    ``compression`` as the log's (default zstd level 3; a payload
     under the threshold, or that does not shrink, is stored with codec 0).
 
     Raises ValidationError naming the argument, before producing anything, when: an id has
@@ -325,7 +329,8 @@ def encode_checkpoint(
     _require_uint(origin, "origin", 1)
     _require_uint(lsn, "lsn", origin)
     _require_uint(epoch, "epoch", 1)
-    _require_uint(state_checksum, "state_checksum", 0)
+    if state_checksum is not None or parent is not None:
+        _require_uint(state_checksum, "state_checksum", 0)
     if compression is None:
         compression = Compression()
     elif not isinstance(compression, Compression):
@@ -334,11 +339,12 @@ def encode_checkpoint(
         kind = CHECKPOINT_FULL
         if delta is not None:
             raise ValidationError("delta", "a full checkpoint (no parent) carries a state")
+        encoded, state_checksum = _full_state_bytes(state, workflow_id, lsn, state_checksum)
         document = _Payload(
             id=checkpoint_id,
             origin=origin,
             parent=None,
-            state=msgspec.Raw(_full_state_bytes(state, workflow_id, state_checksum)),
+            state=msgspec.Raw(encoded),
             v=SCHEMA_VERSION,
             workflow_id=workflow_id,
         )
@@ -364,6 +370,7 @@ def encode_checkpoint(
             v=SCHEMA_VERSION,
             workflow_id=workflow_id,
         )
+    assert state_checksum is not None
     payload = _ENCODER.encode(document)
     if len(payload) > MAX_PAYLOAD:
         raise ValidationError(
@@ -387,8 +394,11 @@ def encode_checkpoint(
     return header + body
 
 
-def _full_state_bytes(state: WorkflowState | None, workflow_id: str, expected: int) -> bytes:
-    """The canonical bytes of the state of a full checkpoint, after checking it belongs."""
+def _full_state_bytes(
+    state: WorkflowState | None, workflow_id: str, lsn: int, expected: int | None
+) -> tuple[bytes, int]:
+    """The stored bytes of a full checkpoint's state (its canonical encoding with
+    ``last_lsn`` 0) and their checksum, after checking the state belongs."""
     if not isinstance(state, WorkflowState):
         raise ValidationError("state", f"must be a WorkflowState, not {type(state).__name__}")
     if state.workflow.id != workflow_id:
@@ -400,14 +410,13 @@ def _full_state_bytes(state: WorkflowState | None, workflow_id: str, expected: i
             "state.metadata.schema_version",
             f"schema version {state.metadata.schema_version} is not {SCHEMA_VERSION}",
         )
-    encoded = encode_state(state)
-    # state_checksum() hashes the encoding with last_lsn 0: the bytes at hand when it is 0.
-    actual = xxh3(encoded) if state.metadata.last_lsn == 0 else compute_state_checksum(state)
-    if actual != expected:
+    encoded = encode_state(replace(state, metadata=replace(state.metadata, last_lsn=0)))
+    actual = xxh3(encoded)  # state_checksum() is exactly this hash
+    if expected is not None and actual != expected:
         raise ValidationError(
             "state_checksum", f"{expected:#018x} is not the state's checksum {actual:#018x}"
         )
-    return encoded
+    return encoded, actual
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -450,9 +459,13 @@ def decode_checkpoint(data: bytes, path: str, *, epoch: int) -> DecodedCheckpoin
             raise CorruptionError(
                 path, _PAYLOAD_OFFSET, f"the state is of workflow {state.workflow.id!r}"
             )
-        decoded = _decoded(document, header, data, state=state, delta=None)
-        check_state(decoded, state, path)
-        return decoded
+        # the stored bytes are the canonical encoding with last_lsn 0: their hash must be the
+        # state checksum (no re-encoding needed); the state comes back with last_lsn 0
+        if xxh3(document.state) != header.state_checksum:
+            raise CorruptionError(
+                path, _AT_STATE_CHECKSUM, "the stored state does not have the state checksum"
+            )
+        return _decoded(document, header, data, state=state, delta=None)
     assert not isinstance(document.delta, UnsetType)  # _check_payload
     delta = _decoded_part(decode_delta, document.delta, path)
     if delta.workflow.id != document.workflow_id:

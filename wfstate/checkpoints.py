@@ -30,6 +30,7 @@ from wfstate.errors import CorruptionError, SchemaVersionError
 from wfstate.format import CHECKPOINT_SUFFIX, checkpoint_file_name
 from wfstate.fs import FileSystem, temp_name
 from wfstate.model import WorkflowState, state_checksum
+from wfstate.statetable import stamped_with
 from wfstate.wal.codec import Compression
 
 _TEMP: Final = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.tmp$")
@@ -78,7 +79,8 @@ class CheckpointFiles:
             parent=parent[0].id if parent is not None else None,
             state=state if parent is None else None,
             delta=compute_delta(parent[1], state) if parent is not None else None,
-            state_checksum=state_checksum(state),
+            # a full checkpoint's checksum is computed from the bytes it stores (one encoding)
+            state_checksum=state_checksum(state) if parent is not None else None,
             compression=self._compression,
         )
         header = read_header(data, file)
@@ -140,6 +142,8 @@ class CheckpointFiles:
                 raise CorruptionError(path, 0, f"checkpoint {link.id}: {exc}") from exc
             _check_entry(decoded, link, path)
             state = yielded_state(decoded, state, path)
+        if state is not None:  # a full checkpoint stores no LSN stamp: it is the entry's
+            state = stamped_with(state, info.lsn)
         assert state is not None
         return state
 
