@@ -3,17 +3,23 @@
 One pass over :func:`fixtures.reference_states.big_store_batches` feeds two systems:
 
 - ``wfstate/``: a ``LocalStore`` that committed every batch (durability ``none``, only to build
-  it fast; it is closed, so everything is on disk, before any measurement);
+  it fast; checkpoint policy ``MANUAL_ONLY``, so the log holds every batch and no checkpoint;
+  it is closed, so everything is on disk, before any measurement);
 - ``sqlite_full/mutations.sqlite``: SQLite (WAL, synchronous=FULL) holding the same batches,
   one row per batch, as JSON, in one transaction, checkpointed into the main file;
 
 then ``json_rewrite/`` gets one JSON file per workflow (:class:`bench.peers.JsonStateFiles`)
 holding exactly the states the wfstate store ended with (each ``load``-ed from it).
+
+Last, ``with_checkpoints/wfstate/`` (system ``wfstate+checkpoints``, :attr:`BigStore.checkpointed`)
+is a copy of ``wfstate/`` on which ``LocalStore.compact`` ran once: every workflow has a full
+checkpoint and the log before it is discarded (closed before any measurement, like the rest).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from typing import Final
@@ -25,8 +31,9 @@ from bench.report import QUICK
 from fixtures.reference_data import workflow_id
 from fixtures.reference_states import big_store_batches
 from wfstate.backends.local import LocalStore
+from wfstate.checkpointpolicy import MANUAL_ONLY
 
-__all__ = ["BIG_STORE_SHAPE", "BigStore", "build_big_store"]
+__all__ = ["BIG_STORE_SHAPE", "CHECKPOINTED", "BigStore", "build_big_store"]
 
 #: ``(workflows, steps per workflow)``: BENCHMARKS.md's 100 x 1,000 (100,000 step outputs,
 #: ~110 MB as JSON); quick mode 100 x 100 (10,000; ~11 MB).
@@ -34,6 +41,12 @@ BIG_STORE_SHAPE: Final = (100, 100) if QUICK else (100, 1000)
 
 #: The SQLite peer's database file (table ``mutations``: one row per batch, as JSON).
 SQLITE_MUTATIONS_FILE: Final = "mutations.sqlite"
+
+#: The system name of the compacted copy of the wfstate big store (checkpoints, no old log).
+CHECKPOINTED: Final = "wfstate+checkpoints"
+
+#: Where, under a big store's root, the compacted copy's own root is (it holds ``wfstate/``).
+_CHECKPOINTED_ROOT: Final = "with_checkpoints"
 
 
 @dataclass(frozen=True)
@@ -54,8 +67,18 @@ class BigStore:
         return workflow_id(0)
 
     def directory(self, system: str) -> str:
-        """The directory to ``open`` for ``system`` (``wfstate``, ``json_rewrite``)."""
+        """The directory to ``open`` for ``system`` (``wfstate``, ``wfstate+checkpoints``,
+        ``json_rewrite``)."""
+        if system == CHECKPOINTED:
+            return self.checkpointed.directory("wfstate")
         return os.path.join(self.root, system)
+
+    @property
+    def checkpointed(self) -> BigStore:
+        """The compacted copy as a big store of its own, whose ``wfstate`` system it is (so
+        code that opens ``directory("wfstate")``, like ``bench/rss_probe.py``, opens it)."""
+        root = os.path.join(self.root, _CHECKPOINTED_ROOT)
+        return BigStore(root=root, workflows=self.workflows, per_workflow=self.per_workflow)
 
     @property
     def sqlite_mutations_path(self) -> str:
@@ -77,7 +100,7 @@ def build_big_store(
     big = BigStore(root=root, workflows=workflows, per_workflow=per_workflow)
     os.makedirs(os.path.dirname(big.sqlite_mutations_path), exist_ok=True)
     conn = sqlite3.connect(big.sqlite_mutations_path, isolation_level=None)
-    store = LocalStore.open(big.directory("wfstate"), durability="none")
+    store = LocalStore.open(big.directory("wfstate"), durability="none", checkpoints=MANUAL_ONLY)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -102,4 +125,19 @@ def build_big_store(
     finally:
         store.close()
         conn.close()
+    _build_checkpointed(big)
     return big
+
+
+def _build_checkpointed(big: BigStore) -> None:
+    """Copy the (closed) wfstate big store and compact the copy once (module docstring)."""
+    directory = big.directory(CHECKPOINTED)
+    shutil.copytree(big.directory("wfstate"), directory)
+    store = LocalStore.open(directory, durability="none", checkpoints=MANUAL_ONLY)
+    try:
+        report = store.compact()
+        stats = store.stats()
+    finally:
+        store.close()
+    if len(report.checkpointed) != big.workflows or stats.uncovered_batches != 0:
+        raise RuntimeError(f"compacting the big store's copy left it uncovered: {stats}")

@@ -23,6 +23,7 @@ from typing import Final, Protocol
 import msgspec
 
 from wfstate.backends.local import LocalStore
+from wfstate.checkpointpolicy import DEFAULT_POLICY, CheckpointPolicy
 from wfstate.model import WorkflowState
 from wfstate.wal import Durability, Log
 
@@ -450,14 +451,20 @@ class JsonStateFiles:
 
 class WfstateStore:
     """``wfstate.backends.local.LocalStore`` through its public methods; durability ``always``
-    unless given. ``open`` is ``LocalStore.open`` (lock, recover, replay)."""
+    and the store's default checkpoint policy unless given. ``open`` is ``LocalStore.open``
+    (lock, recover, replay)."""
 
-    def __init__(self, durability: Durability = "always") -> None:
+    def __init__(
+        self, durability: Durability = "always", checkpoints: CheckpointPolicy = DEFAULT_POLICY
+    ) -> None:
         self._durability: Durability = durability
+        self._checkpoints = checkpoints
         self._store: LocalStore | None = None
 
     def open(self, directory: str) -> None:
-        self._store = LocalStore.open(directory, durability=self._durability)
+        self._store = LocalStore.open(
+            directory, durability=self._durability, checkpoints=self._checkpoints
+        )
 
     def store(self) -> LocalStore:
         assert self._store is not None, "used before open"

@@ -2,8 +2,9 @@
 
 Timings on shared machines hold only as ratios measured side by side in one run
 (BENCHMARKS.md), so the tables put each system beside the peers it is judged against: one for
-the log workloads (P1, P2; a row per system), one for the store workloads (P3-P7; a row per
-workload, a column per system). Targets are reported, never asserted; :func:`seed_target_misses`
+the log workloads (P1, P2; a row per system), one for the store workloads (P3-P7, with P5, P5b
+and P7 also on the big store compacted into checkpoints; a row per workload, a column per
+system). Targets are reported, never asserted; :func:`seed_target_misses`
 is the hook for the CI gate on seed targets (a later issue), and nothing calls it to fail yet.
 """
 
@@ -27,6 +28,8 @@ P3_VS_SQLITE = 0.5  # wfstate save <= 0.5 x sqlite_full (single-row blob)
 P4_VS_JSON = 1.0  # wfstate fresh-handle load <= 1.0 x json_rewrite
 P5_VS_JSON = 1.0  # wfstate reopen + load all <= 1.0 x json_rewrite
 P5B_MAX_MS = 50.0  # wfstate reopen + first load <= 50 ms
+P6_FULL_MAX_MS = 10.0  # wfstate full checkpoint of the big state <= 10 ms
+P6_INCREMENTAL_MAX_MS = 2.0  # wfstate incremental checkpoint after 10 changed steps <= 2 ms
 P7_MAX_MB = 50.0  # wfstate RSS growth with the big store open < 50 MB
 
 #: Seed targets from BENCHMARKS.md: absolute bounds on wfstate's own numbers (strict "<").
@@ -35,6 +38,7 @@ P7_MAX_MB = 50.0  # wfstate RSS growth with the big store open < 50 MB
 P3_SEED_MS = 500.0
 P4_SEED_MS = 200.0
 P5_SEED_MS = 1000.0
+P6_SEED_MS = 100.0  # the full checkpoint
 P7_SEED_MB = 50.0
 
 
@@ -99,11 +103,41 @@ STORE_ROWS: tuple[StoreRow, ...] = (
         target=Bound(P5_VS_JSON, relative=True),
     ),
     StoreRow(
+        "P5+ck",
+        "P5 ... big store compacted (checkpoints)",
+        "ms",
+        "json_rewrite",
+        seed=Bound(P5_SEED_MS, strict=True),
+        target=Bound(P5_VS_JSON, relative=True),
+    ),
+    StoreRow(
         "P5b",
         "P5b reopen big store + load first",
         "ms",
         "json_rewrite",
         target=Bound(P5B_MAX_MS),
+    ),
+    StoreRow(
+        "P5b+ck",
+        "P5b ... big store compacted (checkpoints)",
+        "ms",
+        "json_rewrite",
+        target=Bound(P5B_MAX_MS),
+    ),
+    StoreRow(
+        "P6",
+        "P6 full checkpoint of big state",
+        "ms",
+        "json_rewrite",
+        seed=Bound(P6_SEED_MS, strict=True),
+        target=Bound(P6_FULL_MAX_MS),
+    ),
+    StoreRow(
+        "P6 incr",
+        "P6 incremental, 10 steps changed",
+        "ms",
+        "json_rewrite",
+        target=Bound(P6_INCREMENTAL_MAX_MS),
     ),
     StoreRow(
         "P7",
@@ -115,6 +149,15 @@ STORE_ROWS: tuple[StoreRow, ...] = (
     ),
     StoreRow("P7+load", "P7 ... and first workflow loaded", "MB", None),
     StoreRow("P7 peak", "P7 peak RSS growth during open", "MB", None),
+    StoreRow(
+        "P7+ck",
+        "P7 ... big store compacted (checkpoints)",
+        "MB",
+        "json_rewrite",
+        seed=Bound(P7_SEED_MB, strict=True),
+        target=Bound(P7_MAX_MB, strict=True),
+    ),
+    StoreRow("P7+ck+load", "P7 ... compacted, first workflow loaded", "MB", None),
 )
 
 #: Columns of the store table, in order.
@@ -300,6 +343,17 @@ def render_store_table(results: Results) -> list[str]:
     )
     if results.big_store_label:
         out.append(f"P5-P7 {results.big_store_label}")
+    if any(row.key.endswith("+ck") and row.key in results.store for row in STORE_ROWS):
+        out.append(
+            "'compacted (checkpoints)' rows: wfstate on a copy of the big store compacted once "
+            "(a full checkpoint per workflow, the log before them discarded); the peers' "
+            "numbers are the same as in the row above"
+        )
+    if any(row.key.startswith("P6") and row.key in results.store for row in STORE_ROWS):
+        out.append(
+            "P6: wfstate LocalStore.checkpoint; the peers have no checkpoint: theirs is the "
+            "snapshot they would write instead, the whole state saved durably (as in P3)"
+        )
     return out
 
 

@@ -1,4 +1,5 @@
-"""P3, P4, P5, P5b and P7 from BENCHMARKS.md: wfstate's store API beside its peers.
+"""P3, P4, P5, P5b and P7 from BENCHMARKS.md: wfstate's store API beside its peers (P6: in
+``bench/test_checkpoints.py``).
 
 wfstate is ``LocalStore`` through its public methods only (``open``, ``save``, ``load``,
 ``list_workflows``, ``close``; :class:`bench.peers.WfstateStore`), so these keep measuring the
@@ -7,27 +8,35 @@ same thing while the store's internals change. Peers (:data:`bench.peers.STATE_S
 and ``json_rewrite`` (one JSON file per workflow, rewritten whole), both decoding back into the
 same typed ``WorkflowState`` wfstate returns.
 
+P5, P5b and P7 also measure ``wfstate+checkpoints``: wfstate on a copy of the big store that was
+compacted once (a full checkpoint per workflow, the log before them discarded;
+``bench/big_store.py``), reported in rows of their own beside the log-only ``wfstate`` ones.
+P5 and P5b open both wfstate stores with checkpoint policy ``MANUAL_ONLY``, so that no round
+does automatic work.
+
 Times are medians of rounds (pytest-benchmark); the report keeps them in ms beside the ratios.
 P7 measures memory, not time: its numbers are in ``extra_info`` and the report table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench import report
 from bench.benchmark_protocol import Benchmark
-from bench.big_store import BigStore
-from bench.peers import STATE_SYSTEMS, OpenStatePeer, StatePeer
+from bench.big_store import CHECKPOINTED, BigStore
+from bench.peers import STATE_SYSTEMS, JsonStateFiles, OpenStatePeer, StatePeer, WfstateStore
 from bench.report import QUICK
 from bench.rss_probe import run_in_subprocess
 from fixtures.reference_states import big_workflow_state
+from wfstate.checkpointpolicy import MANUAL_ONLY
 from wfstate.model import WorkflowState
 
-# Budgets (2-core VM, ext4): this file takes ~10 s in quick mode, ~2.5 min in full mode (mostly
-# the big store: building it, and reopening it in P5, P5b and P7).
+# Budgets (2-core VM, ext4): this file takes ~12 s in quick mode, ~2 min in full mode (mostly
+# the big store: building it and its compacted copy, ~35 s, and reopening it in P5, P5b and P7).
 P3_ROUNDS = 5 if QUICK else 20
 P3_WARMUP = 2 if QUICK else 3  # past wfstate's first save (which also creates the workflow)
 P4_ROUNDS = 10 if QUICK else 30
@@ -38,8 +47,20 @@ P5B_ROUNDS = 5 if QUICK else 10
 P5B_WARMUP = 1
 
 ALL_SYSTEMS = ["sqlite_full", "json_rewrite", "wfstate"]
-#: P5 and P5b have one peer: the same states read from JSON files.
-BIG_STORE_SYSTEMS = ["json_rewrite", "wfstate"]
+
+
+def _manual_wfstate() -> StatePeer:
+    return WfstateStore(checkpoints=MANUAL_ONLY)
+
+
+#: How P5 and P5b open each system. They have one peer: the same states read from JSON files.
+#: wfstate, on the log-only big store and on its compacted copy, without automatic checkpoints.
+BIG_STORE_OPENERS: dict[str, Callable[[], StatePeer]] = {
+    "json_rewrite": JsonStateFiles,
+    "wfstate": _manual_wfstate,
+    CHECKPOINTED: _manual_wfstate,
+}
+BIG_STORE_SYSTEMS = list(BIG_STORE_OPENERS)
 
 _KIB_TO_MB = 1024 / 1e6
 
@@ -51,7 +72,8 @@ def big_state() -> WorkflowState:
 
 
 class FreshHandles:
-    """Opens a new handle of ``system`` on ``directory`` inside a timed round.
+    """Opens a new handle of ``system`` (made by ``opener``, by default the one of
+    :data:`bench.peers.STATE_SYSTEMS`) on ``directory`` inside a timed round.
 
     What a round loaded is kept (:meth:`keep`) and, with every handle opened, dropped in
     pytest-benchmark's untimed teardown (:meth:`close_all`; a store is locked while open). So
@@ -59,14 +81,17 @@ class FreshHandles:
     garbage collections; rounds return only a small summary for the same reason.
     """
 
-    def __init__(self, system: str, directory: str) -> None:
+    def __init__(
+        self, system: str, directory: str, opener: Callable[[], StatePeer] | None = None
+    ) -> None:
         self.system = system
         self.directory = directory
+        self._opener = STATE_SYSTEMS[system] if opener is None else opener
         self._opened: list[StatePeer] = []
         self._kept: list[object] = []
 
     def open(self) -> StatePeer:
-        peer = STATE_SYSTEMS[self.system]()
+        peer = self._opener()
         peer.open(self.directory)
         self._opened.append(peer)
         return peer
@@ -88,13 +113,24 @@ class FreshHandles:
             self.close_all()
 
 
-def _record_median(benchmark: Benchmark, key: str, system: str) -> None:
+def record_median(benchmark: Benchmark, key: str, system: str) -> None:
     """Report the median round of ``benchmark`` for store row ``key``, in ms."""
     if benchmark.stats is None:  # --benchmark-disable: ran once, nothing measured
         return
     median_ms = benchmark.stats["median"] * 1e3
     benchmark.extra_info["median_ms"] = round(median_ms, 2)
     report.RESULTS.record(key, system, median_ms)
+
+
+def _big_store_rows(key: str, system: str) -> list[tuple[str, str]]:
+    """The ``(row, column)`` of the report that ``system``'s number for workload ``key`` goes
+    to: ``wfstate+checkpoints`` is the wfstate column of row ``key+ck``; a peer's number goes
+    to both rows, as the yardstick of each."""
+    if system == CHECKPOINTED:
+        return [(key + "+ck", "wfstate")]
+    if system == "wfstate":
+        return [(key, system)]
+    return [(key, system), (key + "+ck", system)]
 
 
 @pytest.mark.benchmark(group="P3")
@@ -115,7 +151,7 @@ def test_p3_save_big_state(
     benchmark.pedantic(peer.save, args=(big_state,), rounds=P3_ROUNDS, warmup_rounds=P3_WARMUP)
     saved = peer.load(big_state.workflow.id)
     assert saved.outputs == big_state.outputs
-    _record_median(benchmark, "P3", system)
+    record_median(benchmark, "P3", system)
 
 
 @pytest.mark.benchmark(group="P4")
@@ -144,7 +180,7 @@ def test_p4_load_big_state(
     )
     assert loaded == len(big_state.outputs)
     assert handles.load_once(wid).outputs == big_state.outputs
-    _record_median(benchmark, "P4", system)
+    record_median(benchmark, "P4", system)
 
 
 @pytest.mark.benchmark(group="P5")
@@ -152,7 +188,7 @@ def test_p4_load_big_state(
 def test_p5_materialize_big_store(benchmark: Benchmark, big_store: BigStore, system: str) -> None:
     """Reopen the big store and load every workflow it lists (JSON: list the directory, read
     and decode every file)."""
-    handles = FreshHandles(system, big_store.directory(system))
+    handles = FreshHandles(system, big_store.directory(system), BIG_STORE_OPENERS[system])
 
     def materialize() -> tuple[int, int]:
         peer = handles.open()
@@ -165,7 +201,8 @@ def test_p5_materialize_big_store(benchmark: Benchmark, big_store: BigStore, sys
     )
     assert loaded == (big_store.workflows, big_store.mutations)
     benchmark.extra_info["big_store"] = big_store.label()
-    _record_median(benchmark, "P5", system)
+    for row, column in _big_store_rows("P5", system):
+        record_median(benchmark, row, column)
 
 
 @pytest.mark.benchmark(group="P5b")
@@ -173,7 +210,7 @@ def test_p5_materialize_big_store(benchmark: Benchmark, big_store: BigStore, sys
 def test_p5b_first_read_big_store(benchmark: Benchmark, big_store: BigStore, system: str) -> None:
     """Reopen the big store until its first workflow is read: open + one ``load`` (JSON: read
     and decode one file)."""
-    handles = FreshHandles(system, big_store.directory(system))
+    handles = FreshHandles(system, big_store.directory(system), BIG_STORE_OPENERS[system])
     first = big_store.first_workflow
 
     def open_and_load_first() -> int:
@@ -189,11 +226,12 @@ def test_p5b_first_read_big_store(benchmark: Benchmark, big_store: BigStore, sys
     )
     assert outputs == big_store.per_workflow
     benchmark.extra_info["big_store"] = big_store.label()
-    _record_median(benchmark, "P5b", system)
+    for row, column in _big_store_rows("P5b", system):
+        record_median(benchmark, row, column)
 
 
 @pytest.mark.benchmark(group="P7")
-@pytest.mark.parametrize("system", ALL_SYSTEMS)
+@pytest.mark.parametrize("system", [*ALL_SYSTEMS, CHECKPOINTED])
 def test_p7_rss_growth_big_store_open(
     benchmark: Benchmark, big_store: BigStore, system: str
 ) -> None:
@@ -202,8 +240,14 @@ def test_p7_rss_growth_big_store_open(
     wfstate: ``LocalStore.open``, then also one ``load``; json_rewrite: every JSON file decoded
     and held; sqlite_full: a connection to SQLite holding the same mutations. The time
     pytest-benchmark shows is the whole probe process (start-up, imports, open): not a target.
+    ``wfstate+checkpoints``: the probe's wfstate on the compacted copy (the ``wfstate`` system
+    of :attr:`BigStore.checkpointed`), reported in rows ``P7+ck`` and ``P7+ck+load``.
     """
-    probe = benchmark.pedantic(run_in_subprocess, args=(system, big_store), rounds=1)
+    if system == CHECKPOINTED:
+        probe_args = ("wfstate", big_store.checkpointed)
+    else:
+        probe_args = (system, big_store)
+    probe = benchmark.pedantic(run_in_subprocess, args=probe_args, rounds=1)
     open_mb = probe.open_growth_kib * _KIB_TO_MB
     peak_mb = probe.peak_growth_kib * _KIB_TO_MB
     benchmark.extra_info.update(
@@ -213,10 +257,13 @@ def test_p7_rss_growth_big_store_open(
         rss_source=probe.source,
         big_store=big_store.label(),
     )
-    report.RESULTS.record("P7", system, open_mb)
-    report.RESULTS.record("P7 peak", system, peak_mb)
+    ck = system == CHECKPOINTED
+    for row, column in _big_store_rows("P7", system):
+        report.RESULTS.record(row, column, open_mb)
+    if not ck:
+        report.RESULTS.record("P7 peak", system, peak_mb)
     loaded = probe.first_load_growth_kib
     if loaded is not None:
         load_mb = loaded * _KIB_TO_MB
         benchmark.extra_info["rss_first_load_growth_mb"] = round(load_mb, 1)
-        report.RESULTS.record("P7+load", system, load_mb)
+        report.RESULTS.record("P7+ck+load" if ck else "P7+load", "wfstate", load_mb)
