@@ -358,3 +358,29 @@ def test_orphan_checkpoint_files_are_deleted_by_compaction(
         report = store.compact()
         assert set(report.orphans_deleted) == {orphan.name, dead_temp.name}
         assert sorted(os.listdir(tmp_path / CHECKPOINTS_DIR)) == [info.file]
+
+
+def test_a_reader_whose_batches_are_discarded_under_it_rebuilds_from_the_checkpoint(
+    tmp_path: Path, clock: Iterator[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process compacts between this handle's catch-up and its reading the batches
+    its entries name: the read finds their segment gone, catches up again (applying the
+    anchor) and builds the state from the checkpoint instead of failing."""
+    with open_store(tmp_path, clock, segment_size=4096) as a:
+        a.commit(create())
+        for i in range(STEPS):
+            a.commit(run_step(i))
+        with open_store(tmp_path, clock, segment_size=4096) as b:
+            a.compact()
+            expected = encode_state(a.load("wf"))
+            follow = b._log.follow
+            calls = []
+
+            def late_follow() -> None:  # the first catch-up happens "before" the compaction
+                calls.append(1)
+                if len(calls) > 1:
+                    follow()
+
+            monkeypatch.setattr(b._log, "follow", late_follow)
+            assert encode_state(b.load("wf")) == expected
+            assert len(calls) == 2

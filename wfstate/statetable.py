@@ -401,12 +401,16 @@ class TableStore:
         validate_id(workflow_id, "workflow_id")
         with self._mutex:
             self._check_open()
-            self._catch_up()
-            state = self._table.get(workflow_id)
+            state = self._current(workflow_id)
         if state is None:
             raise NotFoundError(f"workflow_id: no workflow {workflow_id!r}")
         self._wait_durable(state.metadata.last_lsn)
         return state
+
+    def _current(self, workflow_id: str) -> WorkflowState | None:
+        """The latest committed state of ``workflow_id`` (None: absent); under the lock."""
+        self._catch_up()
+        return self._table.get(workflow_id)
 
     def list_workflows(self) -> list[str]:
         """Ids of every workflow, sorted."""

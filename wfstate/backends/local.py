@@ -242,6 +242,15 @@ class LocalStore(TableStore):
     def _catch_up(self) -> None:
         self._log.follow()
 
+    def _current(self, workflow_id: str) -> WorkflowState | None:
+        """As the base, once more if another process discarded the segments holding this
+        workflow's batches between catching up and reading them: catching up again applies
+        that discard's anchor, and the state is built from its checkpoints."""
+        try:
+            return super()._current(workflow_id)
+        except _LogMovedOn:
+            return super()._current(workflow_id)
+
     def _wait_durable(self, lsn: int) -> None:
         self._log.wait(lsn)
 
@@ -341,7 +350,12 @@ class LocalStore(TableStore):
         """``state`` with its part of each batch in ``entries`` applied, read by position."""
         read = 0
         for lsn, skip in entries:
-            payload = self._log.read_at(lsn).payload
+            if lsn < self._log.first_lsn:
+                raise _LogMovedOn(lsn)
+            try:
+                payload = self._log.read_at(lsn).payload
+            except NotFoundError as exc:  # its segment was discarded by another process
+                raise _LogMovedOn(lsn) from exc
             read += len(payload)
             try:
                 mine = [m for m in decode_mutations(payload, upgrades=self._upgrades)
@@ -410,8 +424,7 @@ class LocalStore(TableStore):
     ) -> CheckpointInfo:
         with self._mutex:
             self._check_open()
-            self._catch_up()
-            state = self._table.get(workflow_id)
+            state = self._current(workflow_id)
             if state is None:
                 raise NotFoundError(f"workflow_id: no workflow {workflow_id!r}")
             origin = self._table.origin(workflow_id)
@@ -560,7 +573,10 @@ class LocalStore(TableStore):
         if origin != info.origin or floor != 0:
             return CheckpointCheck(checkpoint=info, ok=True, matches_log=None)
         entries = [e for e in self._table.entries(info.workflow_id) if e[0] <= info.lsn]
-        replayed, _read = self._replay(info.workflow_id, None, entries)
+        try:
+            replayed, _read = self._replay(info.workflow_id, None, entries)
+        except _LogMovedOn:  # discarded by another process meanwhile: nothing to compare
+            return CheckpointCheck(checkpoint=info, ok=True, matches_log=None)
         if state_checksum(replayed) == state_checksum(state):
             return CheckpointCheck(checkpoint=info, ok=True, matches_log=True)
         problem = f"checkpoint {info.id}: its state differs from the log replayed to LSN {info.lsn}"
@@ -636,13 +652,14 @@ class LocalStore(TableStore):
                 for info in dropped:
                     self._forget_recent(info.id)
                     self._bad.pop(info.id, None)
+                kept = len(self._index)
         if lsn:
             self._log.wait(lsn)
         self._files.delete([info.file for info in dropped] + [info.file for info in folded])
         return RetentionPlan(
             drop=tuple(dropped),
             fold=tuple(folded),
-            kept=len(self._index),
+            kept=kept,
             bytes_before=plan.bytes_before,
             bytes_dropped=sum(info.size for info in dropped),
         )
@@ -857,6 +874,10 @@ class LocalStore(TableStore):
             except (WfstateError, OSError) as exc:
                 self._auto_failures += 1
                 _LOG.warning("automatic compaction failed: %s", exc)
+
+
+class _LogMovedOn(Exception):
+    """A batch to replay was discarded by another process after this one caught up."""
 
 
 class _ParentGone(Exception):
