@@ -19,13 +19,20 @@ Roles
     (then once more), checking each state it reads (see :func:`check_shared`,
     :func:`check_own`) and that nothing it reads goes backwards. A violation exits 2 with the
     reason on stderr; any other error exits 1 with a traceback.
+    ``ckwriter``: a writer that resumes where its process's batches in the store end (a
+    SIGKILLed predecessor may have left one more than it reported), commits the writer's
+    batches up to ``--commits``, checkpoints (``--checkpoint-every``) and, with
+    ``--maintain-every``, compacts and retains (:func:`run_checkpoint_writer`). It stamps
+    batches with a fixed clock (``--fixed-clock``) so the checks can rebuild every state.
 
 Reporting
     One JSON document per line on stdout (the ``Event`` union), flushed as one ``write`` each,
     so the parent knows exactly what was acknowledged even if this process is SIGKILLed: a
     ``begin`` line before each commit (the batch as given), an ``ack`` line (its LSN and the
     batch) after ``commit`` returned, ``rejected`` for a lost race. A killed writer's last
-    ``begin`` without ``ack`` is the one batch that may or may not be in the store.
+    ``begin`` without ``ack`` is the one batch that may or may not be in the store. A
+    ``ckwriter`` also reports each checkpoint, compaction and retention when begun and when
+    it returned (with what it dropped).
 
 The role functions take the store and an ``emit`` callback, so tests also run them on threads
 sharing one opened store, and check the outcome with the same code.
@@ -43,9 +50,12 @@ from typing import Any, Final, TypeAlias
 import msgspec
 
 from wfstate.backends.local import LocalStore
+from wfstate.checkpointpolicy import DEFAULT_POLICY, CheckpointPolicy
 from wfstate.errors import ValidationError
+from wfstate.fs import OS_FS, OsFileSystem
 from wfstate.model import WorkflowState, WorkflowStep, validate_state
 from wfstate.mutations import CreateWorkflow, Mutation, PutStepOutput, SetStepStatus
+from wfstate.retention import RetentionPolicy
 from wfstate.store import Store
 from wfstate.wal import Durability
 
@@ -171,7 +181,67 @@ class ReaderDone(_Event, frozen=True, kw_only=True, tag="reader_done"):
     final_outputs: int
 
 
-Event: TypeAlias = Ready | Begin | Ack | Rejected | Done | Seen | ReaderDone
+class Resumed(_Event, frozen=True, kw_only=True, tag="resumed"):
+    """A ``ckwriter`` found ``i`` batches of its process in the store and goes on from there."""
+
+    p: int
+    i: int
+
+
+class CheckpointBegin(_Event, frozen=True, kw_only=True, tag="checkpoint_begin"):
+    p: int
+    workflow_id: str
+
+
+class Checkpointed(_Event, frozen=True, kw_only=True, tag="checkpointed"):
+    """``checkpoint()`` returned: checkpoint ``id`` of ``workflow_id`` at ``lsn`` is durable."""
+
+    p: int
+    id: str
+    workflow_id: str
+    lsn: int
+
+
+class CompactBegin(_Event, frozen=True, kw_only=True, tag="compact_begin"):
+    p: int
+
+
+class Compacted(_Event, frozen=True, kw_only=True, tag="compacted"):
+    """``compact()`` returned: the log starts at ``first_lsn``."""
+
+    p: int
+    first_lsn: int
+    segments_discarded: int
+
+
+class RetainBegin(_Event, frozen=True, kw_only=True, tag="retain_begin"):
+    p: int
+
+
+class Retained(_Event, frozen=True, kw_only=True, tag="retained"):
+    """``retain()`` returned: ``dropped`` left the index for good, ``folded`` were rewritten."""
+
+    p: int
+    dropped: list[str]
+    folded: list[str]
+
+
+Event: TypeAlias = (
+    Ready
+    | Begin
+    | Ack
+    | Rejected
+    | Done
+    | Seen
+    | ReaderDone
+    | Resumed
+    | CheckpointBegin
+    | Checkpointed
+    | CompactBegin
+    | Compacted
+    | RetainBegin
+    | Retained
+)
 Emit = Callable[[Event], None]
 
 _ENCODER: Final = msgspec.json.Encoder()
@@ -387,6 +457,92 @@ def run_reader(
             return
 
 
+# -- the checkpointing writer (issue 4: SIGKILL loops with checkpoints and compaction) --------
+
+FIXED_CLOCK: Final = 1_700_000_000.0
+"""``--fixed-clock``: process ``P`` stamps every batch ``FIXED_CLOCK + P``, so the checks can
+rebuild every state from the acknowledged batches alone, after compaction discarded them."""
+KILL_LOOP_POLICY: Final = CheckpointPolicy(
+    every_batches=None, every_log_bytes=None, on_error=False, incremental=True, max_chain=4
+)
+"""Only the checkpoints a ``ckwriter`` asks for (so each one is reported), incremental."""
+
+
+def fixed_clock(proc: int) -> Callable[[], float]:
+    return lambda: FIXED_CLOCK + proc
+
+
+class AppendingOsFileSystem(OsFileSystem):
+    """The OS file system, with ``create_exclusive`` descriptors appending (``O_APPEND``).
+
+    Works around a bug of ``Log._rotate`` (``tests/test_checkpoint_crash.py`` names it): the
+    descriptor of a segment a process created writes at its own position, over records other
+    processes appended to that segment since (a compaction's new segment, in these runs).
+    """
+
+    def create_exclusive(self, path: str) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        return os.open(path, flags, 0o644)
+
+
+def run_checkpoint_writer(
+    store: LocalStore,
+    *,
+    proc: int,
+    commits: int,
+    claim_every: int,
+    checkpoint_every: int,
+    maintain_every: int,
+    keep_last: int,
+    emit: Emit,
+) -> None:
+    """Go on with this process's batches from what its own workflow holds up to ``commits``
+    (batch ``i`` as :func:`run_writer` commits it). After every ``checkpoint_every``-th batch
+    checkpoint the own workflow (every second time the shared one too); with
+    ``maintain_every``, after every that many batches compact the store, then retain
+    ``keep_last`` checkpoints per workflow. Every call is reported when begun and when it
+    returned."""
+    first = len(store.load(own_workflow(proc)).outputs.get(OWN_STEP, ()))
+    emit(Resumed(p=proc, i=first))
+
+    def commit(i: int, batch: list[Mutation], lost_race_field: str | None) -> bool:
+        emit(Begin(p=proc, i=i, batch=batch))
+        try:
+            lsn = store.commit(batch)
+        except ValidationError as exc:
+            if exc.field != lost_race_field:
+                raise
+            emit(Rejected(p=proc, i=i, field=exc.field, error=str(exc)))
+            return False
+        emit(Ack(p=proc, i=i, lsn=lsn, batch=batch))
+        return True
+
+    def checkpoint(workflow_id: str) -> None:
+        emit(CheckpointBegin(p=proc, workflow_id=workflow_id))
+        info = store.checkpoint(workflow_id, tags=(f"p{proc}",))
+        emit(Checkpointed(p=proc, id=info.id, workflow_id=workflow_id, lsn=info.lsn))
+
+    for i in range(first, commits):
+        claim = i // claim_every if claim_every > 0 and i % claim_every == 0 else None
+        if claim is None or not commit(i, writer_batch(proc, i, claim), CLAIM_FIELD):
+            commit(i, writer_batch(proc, i, None), None)
+        done = i + 1
+        if checkpoint_every and done % checkpoint_every == 0:
+            checkpoint(own_workflow(proc))
+            if done % (2 * checkpoint_every) == 0:
+                checkpoint(SHARED)
+        if maintain_every and done % maintain_every == 0:
+            emit(CompactBegin(p=proc))
+            report = store.compact()
+            emit(Compacted(p=proc, first_lsn=report.log_first_lsn,
+                           segments_discarded=len(report.segments_discarded)))  # fmt: skip
+            emit(RetainBegin(p=proc))
+            plan = store.retain(RetentionPolicy(keep_last=keep_last))
+            emit(Retained(p=proc, dropped=[c.id for c in plan.drop],
+                          folded=[c.id for c in plan.fold]))  # fmt: skip
+    emit(Done(p=proc, commits=commits))
+
+
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -406,7 +562,7 @@ def _wait_for_file(path: str, timeout: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.store_worker", description=__doc__)
-    parser.add_argument("role", choices=["writer", "reader"])
+    parser.add_argument("role", choices=["writer", "reader", "ckwriter"])
     parser.add_argument("--store", required=True)
     parser.add_argument("--start", required=True, help="wait for this file before working")
     parser.add_argument("--stop", help="reader: stop once this file exists; writer: exit only then")
@@ -416,13 +572,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--claim-every", type=int, default=0)
     parser.add_argument("--create", action="store_true")
     parser.add_argument("--durability", default="always")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="ckwriter")
+    parser.add_argument("--maintain-every", type=int, default=0, help="ckwriter: compact+retain")
+    parser.add_argument("--keep-last", type=int, default=2, help="ckwriter: retention")
+    parser.add_argument("--fixed-clock", action="store_true", help="stamp FIXED_CLOCK + proc")
+    parser.add_argument("--append-fs", action="store_true", help="AppendingOsFileSystem")
     args = parser.parse_args(argv)
     durability: Durability = args.durability
-    store = LocalStore.open(args.store, durability=durability)
+    store = LocalStore.open(
+        args.store,
+        durability=durability,
+        clock=fixed_clock(args.proc) if args.fixed_clock else time.time,
+        checkpoints=KILL_LOOP_POLICY if args.role == "ckwriter" else DEFAULT_POLICY,
+        fs=AppendingOsFileSystem() if args.append_fs else OS_FS,
+    )
     try:
         _emit_stdout(Ready(role=args.role, pid=os.getpid()))
         _wait_for_file(args.start, BARRIER_TIMEOUT)
-        if args.role == "writer":
+        if args.role == "ckwriter":
+            run_checkpoint_writer(
+                store,
+                proc=args.proc,
+                commits=args.commits,
+                claim_every=args.claim_every,
+                checkpoint_every=args.checkpoint_every,
+                maintain_every=args.maintain_every,
+                keep_last=args.keep_last,
+                emit=_emit_stdout,
+            )
+            if args.stop:
+                _wait_for_file(args.stop, READER_MAX_SECONDS)
+        elif args.role == "writer":
             run_writer(
                 store,
                 proc=args.proc,

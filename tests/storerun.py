@@ -38,15 +38,23 @@ import pytest
 
 from tests.store_worker import (
     CLAIM_FIELD,
+    FIXED_CLOCK,
     OWN_STEP,
     SHARED,
     Ack,
     Begin,
+    CheckpointBegin,
+    Checkpointed,
+    CompactBegin,
+    Compacted,
     Done,
     Event,
     ReaderDone,
     Ready,
     Rejected,
+    Resumed,
+    RetainBegin,
+    Retained,
     Seen,
     Violation,
     check_own,
@@ -60,10 +68,20 @@ from tests.store_worker import (
     task_step,
 )
 from wfstate.backends.local import LocalStore
+from wfstate.checkpointindex import decode_drop
+from wfstate.checkpointpolicy import MANUAL_ONLY
 from wfstate.errors import NotFoundError, ValidationError
-from wfstate.format import RECORD_BATCH, WAL_DIR
+from wfstate.format import (
+    CHECKPOINTS_DIR,
+    LOCK_FILE,
+    RECORD_BATCH,
+    RECORD_CHECKPOINT_DROP,
+    WAL_DIR,
+    parse_segment_name,
+)
 from wfstate.model import WorkflowState
 from wfstate.mutations import CreateWorkflow, Mutation, apply_batch, decode_mutations
+from wfstate.statetable import stamped_with
 from wfstate.wal import Durability, Log
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -653,3 +671,428 @@ def summary(name: str, run: Run, final: dict[str, WorkflowState]) -> str:
         stored = len(final[own_workflow(p)].outputs.get(OWN_STEP, ()))
         line += f"; writer-{p}: {acked} acked, {stored - acked} more in the store"
     return line
+
+
+# -- SIGKILL loops with checkpoints and compaction (issue 4) -----------------------------------
+#
+# Rounds of ``ckwriter`` processes on one store: each round starts every writer afresh (each
+# resumes where its process's batches in the store end), lets them commit, checkpoint and (the
+# writer of process 0) compact and retain, and SIGKILLs one of them at a seeded moment: after
+# its n-th acknowledgement, or n-th checkpoint, compaction or retention begun (the kinds in
+# turn, round by round), plus a seeded pause, so kills land inside commits, checkpoints (temp
+# file written, renamed, record appended), compactions (checkpoints, DISCARD, START,
+# deletions) and retentions (folds, the drop record, deletions). After every round the parent
+# reopens the store and checks it against what every writer reported (:func:`check_kill_loop`).
+
+KILL_TRIGGERS: Final = ("ack", "checkpoint", "compact", "retain")
+_TRIGGER_EVENT: Final[dict[str, type]] = {
+    "ack": Ack,
+    "checkpoint": CheckpointBegin,
+    "compact": CompactBegin,
+    "retain": RetainBegin,
+}
+
+
+_INSIDE: Final[dict[type, str]] = {
+    Begin: "inside a commit",
+    CheckpointBegin: "inside a checkpoint",
+    CompactBegin: "inside a compaction",
+    RetainBegin: "inside a retention",
+}
+"""What a killed writer was doing, by the last thing it reported."""
+
+
+@dataclass
+class KillRound:
+    number: int
+    writers: dict[int, list[Event]] = field(default_factory=dict)
+    victim: int | None = None
+    trigger: str = ""
+    killed: bool = False
+    late: bool = False  # the victim had finished its batches when the kill came
+    note: str = ""
+
+
+@dataclass
+class KillLoop:
+    procs: int
+    commits: int  # batches per writer per round
+    claim_every: int
+    checkpoint_every: int
+    maintain_every: int
+    keep_last: int
+    setup: Setup
+    rounds: list[KillRound] = field(default_factory=list)
+    figures: dict[str, int] = field(default_factory=dict)
+    logged_drops: set[str] = field(default_factory=set)  # ids of CHECKPOINT_DROP records seen
+    seconds: float = 0.0
+
+
+def run_kill_loop(
+    tmp_path: Path,
+    *,
+    seed: int,
+    procs: int = 3,
+    rounds: int = 4,
+    commits: int = 50,
+    claim_every: int = 10,
+    checkpoint_every: int = 5,
+    maintain_every: int = 20,
+    keep_last: int = 2,
+    append_fs: bool = True,
+    timeout: float = TIMEOUT,
+) -> tuple[KillLoop, list[str]]:
+    """``rounds`` rounds of ``procs`` checkpointing writers, one SIGKILLed per round (module
+    section comment; the kind of moment cycles through :data:`KILL_TRIGGERS`); the store is
+    checked after each. Returns the run and the problems of the first check that found any
+    (empty: none). ``append_fs``: the writers use
+    :class:`tests.store_worker.AppendingOsFileSystem` (the workaround of the rotate bug)."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    path = str(tmp_path / "store")
+    total = rounds * commits
+    setup = set_up_store(path, procs=procs, commits=total, claim_every=claim_every)
+    loop = KillLoop(procs, commits, claim_every, checkpoint_every, maintain_every, keep_last, setup)
+    for r in range(rounds):
+        loop.rounds.append(_kill_round(loop, tmp_path, r, seed, append_fs, deadline))
+        problems = check_kill_loop(loop, path, final=r == rounds - 1)
+        if problems:
+            return loop, problems
+    loop.seconds = time.monotonic() - t0
+    return loop, []
+
+
+def _kill_round(
+    loop: KillLoop, tmp_path: Path, r: int, seed: int, append_fs: bool, deadline: float
+) -> KillRound:
+    path = str(tmp_path / "store")
+    start, stop = tmp_path / f"start-{r}", tmp_path / f"stop-{r}"
+    common = ["--store", path, "--start", str(start), "--stop", str(stop), "--fixed-clock"]
+    common += ["--commits", str((r + 1) * loop.commits), "--claim-every", str(loop.claim_every)]
+    common += ["--checkpoint-every", str(loop.checkpoint_every), "--keep-last", str(loop.keep_last)]
+    common += ["--append-fs"] if append_fs else []
+    rnd = KillRound(number=r)
+    rng = random.Random(f"kill loop {seed} round {r}")
+    rnd.trigger = KILL_TRIGGERS[(seed + r) % len(KILL_TRIGGERS)]  # every kind in 4 rounds
+    maintaining = rnd.trigger in ("compact", "retain")
+    victim = 0 if maintaining else rng.randrange(loop.procs)
+    rnd.victim = victim
+    expected = {
+        "ack": loop.commits,
+        "checkpoint": loop.commits // max(loop.checkpoint_every, 1),
+        "compact": loop.commits // max(loop.maintain_every, 1),
+        "retain": loop.commits // max(loop.maintain_every, 1),
+    }[rnd.trigger]
+    after = rng.randint(max(expected // 10, 1), max(expected * 2 // 3, 1))
+    pause = rng.uniform(0, 0.003 if rnd.trigger == "ack" else 0.015)
+    with _pool() as pool:
+        writers: dict[int, WorkerProcess] = {}
+        for p in range(loop.procs):
+            args = ["ckwriter", *common, "--proc", str(p)]
+            if p == 0:
+                args += ["--maintain-every", str(loop.maintain_every)]
+            writers[p] = WorkerProcess(f"round{r}-writer-{p}", args, tmp_path)
+            pool.append(writers[p])
+        for worker in pool:
+            if not worker.wait_until(_ready, deadline):
+                worker.wait_exit(min(deadline, time.monotonic() + 5))
+                code = worker.popen.returncode
+                why = "timed out" if code is None else f"exited with code {code}"
+                _fail(f"{worker.name} {why} before it was ready (opening the store)", pool)
+        start.touch()
+        target = writers[victim]
+        kind = _TRIGGER_EVENT[rnd.trigger]
+
+        def due(events: list[Event]) -> bool:
+            return _done(events) or sum(isinstance(e, kind) for e in events) >= after
+
+        if not target.wait_until(due, deadline):
+            _fail(f"{target.name} stopped or timed out before {after} x {rnd.trigger}", pool)
+        rnd.late = _done(target.events)
+        time.sleep(pause)
+        target.popen.send_signal(signal.SIGKILL)
+        rnd.note = (
+            f"round {r}: SIGKILL {target.name} after {after} x {rnd.trigger} + {pause:.4f} s"
+            + (" (came late: after its last commit)" if rnd.late else "")
+        )
+        for p, worker in writers.items():
+            if p != victim and not worker.wait_until(_done, deadline):
+                code = worker.popen.poll()
+                why = "timed out" if code is None else f"exited with code {code}"
+                _fail(f"{worker.name} {why} before committing all it had to ({rnd.note})", pool)
+        stop.touch()
+        for p, worker in writers.items():
+            code = worker.wait_exit(deadline)
+            if code is None:
+                _fail(f"{worker.name} did not exit in time ({rnd.note})", pool)
+            if p == victim and code == -signal.SIGKILL:
+                rnd.killed = True
+            elif code != 0:
+                _fail(f"{worker.name} exited with code {code} ({rnd.note})", pool)
+        for p, worker in writers.items():
+            if worker.garbage and not (p == victim and len(worker.garbage) == 1):
+                _fail(f"{worker.name} wrote unparsable lines {worker.garbage[:3]!r}", pool)
+            rnd.writers[p] = worker.events
+    return rnd
+
+
+def check_kill_loop(loop: KillLoop, path: str, *, final: bool = False) -> list[str]:
+    """Every problem of the store after the rounds so far (empty when none):
+
+    * what the writers reported holds together: each batch ``(p, i)`` acknowledged once, at
+      a distinct LSN; each writer resumed exactly where its process's batches in the store
+      ended (its killed predecessor's last batch counted if and only if it landed);
+    * every acknowledged batch is in the store, and the store holds no batch that was not
+      acknowledged other than one a killed writer had begun; every batch is whole;
+    * the batches are in an order consistent with their acknowledged LSNs, and every
+      workflow equals the model: the setup states with those batches applied in that order,
+      stamped with their writer's fixed clock (``last_lsn`` the LSN of its last batch where
+      acknowledged);
+    * every checkpoint in the index verifies (``ok``, ``matches_log`` not False) and holds the
+      model's state of its workflow at its LSN;
+    * every acknowledged checkpoint is in the index unless an acknowledged retention dropped
+      it, or a retention SIGKILLed mid-way in the same or a later round may have; no
+      checkpoint an acknowledged retention dropped is back;
+    * the log starts at or after the last acknowledged compaction's start, and no segment
+      before the log's start is left once the store is open;
+    * ``final``: a compaction by the parent then deletes every file no checkpoint names
+      (temp files and orphans of killed writers) and changes no state.
+    """
+    problems: list[str] = []
+    figures = loop.figures
+    figures.clear()
+    acked: dict[tuple[int, int], tuple[int, list[Mutation]]] = {}  # (p, i) -> (lsn, batch)
+    by_lsn: dict[int, tuple[int, int]] = {}
+    acked_round: dict[tuple[int, int], int] = {}
+    maybe: dict[tuple[int, int], list[Mutation]] = {}  # begun by a killed writer, not acked
+    maybe_round: dict[tuple[int, int], int] = {}
+    resumed: list[tuple[int, int, int]] = []  # (round, p, i)
+    checkpoints: list[tuple[int, str]] = []  # (round, id) of every acknowledged checkpoint
+    dropped: set[str] = set()
+    retain_killed: list[int] = []  # rounds in which a retention was SIGKILLed mid-way
+    compacted = 0
+    for rnd in loop.rounds:
+        figures["kills"] = figures.get("kills", 0) + rnd.killed
+        if rnd.killed and not rnd.late:
+            key = f"kills after {rnd.trigger}"
+            figures[key] = figures.get(key, 0) + 1
+        for p, events in sorted(rnd.writers.items()):
+            begun: Begin | None = None
+            retaining = done = False
+            for e in events:
+                if isinstance(e, Resumed):
+                    resumed.append((rnd.number, p, e.i))
+                elif isinstance(e, Begin):
+                    begun = e
+                elif isinstance(e, Ack) and e.i is not None:
+                    if (p, e.i) in acked:
+                        problems.append(f"batch {e.i} of process {p} acknowledged twice")
+                    if e.lsn in by_lsn or e.lsn <= loop.setup.lsn:
+                        problems.append(f"LSN {e.lsn} acknowledged twice or before the setup")
+                    acked[(p, e.i)] = (e.lsn, e.batch)
+                    acked_round[(p, e.i)] = rnd.number
+                    by_lsn[e.lsn] = (p, e.i)
+                    begun = None
+                elif isinstance(e, Rejected):
+                    begun = None
+                elif isinstance(e, Checkpointed):
+                    checkpoints.append((rnd.number, e.id))
+                elif isinstance(e, RetainBegin):
+                    retaining = True
+                elif isinstance(e, Retained):
+                    retaining = False
+                    dropped.update(e.dropped)
+                    figures["folds"] = figures.get("folds", 0) + len(e.folded)
+                elif isinstance(e, Compacted):
+                    compacted = max(compacted, e.first_lsn)
+                    figures["compactions"] = figures.get("compactions", 0) + 1
+                elif isinstance(e, Done):
+                    done = True
+            if p == rnd.victim and rnd.killed:
+                inside = _INSIDE.get(type(events[-1]) if events else Ready, "between operations")
+                figures[f"kills {inside}"] = figures.get(f"kills {inside}", 0) + 1
+                if begun is not None and begun.i is not None:
+                    maybe[(p, begun.i)] = begun.batch
+                    maybe_round[(p, begun.i)] = rnd.number
+                if retaining:
+                    retain_killed.append(rnd.number)
+            elif not done:
+                problems.append(f"round {rnd.number}: writer {p} did not finish")
+    figures["acknowledged batches"] = len(acked)
+    figures["acknowledged checkpoints"] = len(checkpoints)
+    figures["checkpoints dropped"] = len(dropped)
+
+    try:
+        with LocalStore.open(path, checkpoints=MANUAL_ONLY) as store:
+            final_states = {w: store.load(w) for w in store.list_workflows()}
+            index = {info.id: info for info in store.checkpoints()}
+            checks = store.verify()
+            held = {c.checkpoint.id: store.checkpoint_state(c.checkpoint.id)
+                    for c in checks if c.ok}  # fmt: skip
+            first_lsn = store.stats().log_first_lsn
+        segments = os.listdir(os.path.join(path, WAL_DIR))
+        # A retention SIGKILLed mid-way may have committed its drop record: it is still in
+        # the log, as no compaction ran after it (the compacting writer is the one killed).
+        wal = os.path.join(path, WAL_DIR)
+        with Log.open(wal, lock_path=os.path.join(path, LOCK_FILE)) as log:
+            for record in log.read():
+                if record.type == RECORD_CHECKPOINT_DROP:
+                    loop.logged_drops.update(decode_drop(record.payload))
+    except Exception as exc:
+        return [*problems, f"reopening the store failed: {type(exc).__name__}: {exc}"]
+
+    # the batches each process's workflow holds: acknowledged, or begun by a killed writer
+    try:
+        counts = check_shared(final_states[SHARED], claim_every=loop.claim_every)
+        own = {p: check_own(final_states[own_workflow(p)], p) for p in range(loop.procs)}
+    except (Violation, KeyError) as exc:
+        return [*problems, f"the store's workflows are not what the writers make: {exc!r}"]
+    landed = 0
+    for p in range(loop.procs):
+        if counts.get(p, 0) != own[p]:
+            problems.append(f"half-applied batches: the shared step holds {counts.get(p, 0)} "
+                            f"batches of process {p}, its own workflow {own[p]}")  # fmt: skip
+        for q, i in acked:
+            if q == p and i >= own[p]:
+                problems.append(f"acknowledged batch {i} of process {p} is not in the store: "
+                                f"LOST (it holds {own[p]})")  # fmt: skip
+        for i in range(own[p]):
+            if (p, i) not in acked:
+                if (p, i) in maybe:
+                    landed += 1
+                else:
+                    problems.append(f"the store holds batch {i} of process {p}, which nobody "
+                                    "acknowledged")  # fmt: skip
+    figures["unacknowledged batches of killed writers that landed"] = landed
+    for r, p, i in resumed:  # the store held batches 0 .. i-1 of p when round r began
+        for (q, j), when in acked_round.items():
+            if q == p and (j < i) != (when < r):
+                problems.append(f"round {r}: writer {p} resumed at batch {i}, but batch {j} "
+                                f"was acknowledged in round {when}")  # fmt: skip
+        for j in range(i):
+            if acked_round.get((p, j), r) >= r and maybe_round.get((p, j), r) >= r:
+                problems.append(
+                    f"round {r}: writer {p} resumed at batch {i}, but batch {j} "
+                    "was never acknowledged nor begun by a killed writer before"
+                )
+
+    # the order of the batches, and the model
+    order = [_pair_of(o.data) for o in final_states[SHARED].outputs.get(SHARED, ())]
+    lsns = [acked[b][0] if b in acked else None for b in order]
+    known = [lsn for lsn in lsns if lsn is not None]
+    if known != sorted(known):
+        problems.append("the batches are in the shared workflow in another order than their LSNs")
+    model: dict[str, WorkflowState] = dict(loop.setup.states)
+    last: dict[str, int | None] = {w: s.metadata.last_lsn for w, s in model.items()}
+    history: list[dict[str, WorkflowState]] = [dict(model)]
+    for b, lsn in zip(order, lsns, strict=True):
+        batch = acked[b][1] if b in acked else maybe.get(b, [])
+        stamped = [msgspec.structs.replace(m, at=FIXED_CLOCK + b[0]) for m in batch]
+        try:
+            results = apply_batch(model, stamped)
+        except (ValidationError, NotFoundError) as exc:
+            problems.append(f"batch {b[1]} of process {b[0]} does not apply in the store's "
+                            f"order: {exc}")  # fmt: skip
+            return problems
+        for workflow_id, state in results.items():
+            assert state is not None
+            model[workflow_id] = state
+            last[workflow_id] = lsn
+        history.append(dict(model))
+    for workflow_id in sorted(set(final_states) | set(model)):
+        got, want = final_states.get(workflow_id), model.get(workflow_id)
+        if got is None or want is None:
+            problems.append(f"{workflow_id}: in the store {got is not None}, in the model "
+                            f"{want is not None}")  # fmt: skip
+            continue
+        if stamped_with(got, 0) != stamped_with(want, 0):
+            diffs: list[str] = []
+            _diff(msgspec.to_builtins(got), msgspec.to_builtins(want), workflow_id, diffs)
+            problems.append(f"{workflow_id} differs from the model: " + "; ".join(diffs[:8]))
+        expected_lsn = last[workflow_id]
+        if expected_lsn is not None and got.metadata.last_lsn != expected_lsn:
+            problems.append(f"{workflow_id}: last_lsn {got.metadata.last_lsn}, but its last "
+                            f"batch was acknowledged at {expected_lsn}")  # fmt: skip
+
+    # checkpoints
+    before_k = [loop.setup.lsn]
+    for lsn in lsns:
+        before_k.append(max(before_k[-1], lsn or 0))
+    after_k: list[float] = [float("inf")]
+    for lsn in reversed(lsns):
+        after_k.append(min(after_k[-1], lsn if lsn is not None else float("inf")))
+    after_k.reverse()
+    figures["checkpoints in the index"] = len(index)
+    figures["checkpoints matching the log"] = sum(c.matches_log is True for c in checks)
+    for check in checks:
+        info = check.checkpoint
+        if not check.ok or check.matches_log is False:
+            problems.append(f"checkpoint {info.id} does not verify: {check.problem}")
+            continue
+        state = stamped_with(held[info.id], 0)
+        candidates = [k for k in range(len(history)) if before_k[k] <= info.lsn < after_k[k]]
+        if not any(
+            (h := history[k].get(info.workflow_id)) is not None and stamped_with(h, 0) == state
+            for k in candidates
+        ):
+            problems.append(f"checkpoint {info.id} of {info.workflow_id} at LSN {info.lsn} "
+                            "does not hold the model's state at that LSN")  # fmt: skip
+    by_killed = 0
+    for r, checkpoint_id in checkpoints:
+        if checkpoint_id in index or checkpoint_id in dropped:
+            continue
+        if checkpoint_id in loop.logged_drops and any(k >= r for k in retain_killed):
+            by_killed += 1
+            continue
+        problems.append(f"acknowledged checkpoint {checkpoint_id} (round {r}) is not in the "
+                        "index and no retention dropped it")  # fmt: skip
+    figures["acknowledged checkpoints dropped by a killed retention"] = by_killed
+    back = (dropped | loop.logged_drops) & set(index)
+    if back:
+        problems.append(f"dropped checkpoints are back: {sorted(back)}")
+
+    # compaction
+    if first_lsn < compacted:
+        problems.append(f"the log starts at {first_lsn}, before the acknowledged compaction's "
+                        f"{compacted}")  # fmt: skip
+    left = [n for n in segments if (s := parse_segment_name(n)) and s[1] < first_lsn]
+    if left:
+        problems.append(f"segments before the log's start {first_lsn} left: {left}")
+    if final and not problems:
+        problems += _compact_and_check(path, final_states)
+    return problems
+
+
+def _pair_of(data: object) -> tuple[int, int]:
+    assert isinstance(data, dict)
+    return data["p"], data["i"]
+
+
+def _compact_and_check(path: str, states: dict[str, WorkflowState]) -> list[str]:
+    """Compact as the only process: afterwards every file of ``checkpoints/`` is one the index
+    names (what killed writers left is gone), and the states are the same."""
+    problems = []
+    with LocalStore.open(path, checkpoints=MANUAL_ONLY) as store:
+        store.compact()
+        named = {info.file for info in store.checkpoints()}
+    left = sorted(set(os.listdir(os.path.join(path, CHECKPOINTS_DIR))) - named)
+    if left:
+        problems.append(f"files no checkpoint names left after a compaction: {left}")
+    with LocalStore.open(path, checkpoints=MANUAL_ONLY) as store:
+        after = {w: store.load(w) for w in store.list_workflows()}
+        bad = [c for c in store.verify() if not c.ok]
+    if {w: stamped_with(s, 0) for w, s in after.items()} != {
+        w: stamped_with(s, 0) for w, s in states.items()
+    }:
+        problems.append("a compaction changed the states")
+    if bad:
+        problems.append(f"checkpoints do not verify after a compaction: {bad}")
+    return problems
+
+
+def kill_loop_summary(name: str, loop: KillLoop) -> str:
+    figures = ", ".join(f"{k} {v}" for k, v in loop.figures.items())
+    return (
+        f"{name}: {len(loop.rounds)} rounds of {loop.procs} writers x {loop.commits} batches "
+        f"in {loop.seconds:.1f} s; {figures}; " + "; ".join(r.note for r in loop.rounds)
+    )
