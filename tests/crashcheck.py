@@ -514,13 +514,19 @@ class CheckpointDriver:
         return report
 
     def finish(self) -> CheckpointWorkload:
-        """Check the live handles against the model, close them, return the workload."""
+        """Check the live handles against the model and each other (the same states, the same
+        index, every checkpoint verifying), close them, return the workload."""
         final = self.w.prefixes[self.done]
+        indexes = []
         for k, store in enumerate(self.stores):
             got = {w: state_bytes(store.load(w)) for w in store.list_workflows()}
             assert got == final, f"handle {k} differs from the model"
+            indexes.append(store.checkpoints())
             checks = store.verify()
             assert all(c.ok and c.matches_log is not False for c in checks), checks
+        for k, index in enumerate(indexes):
+            assert index == indexes[0], f"handle {k}'s index differs from handle 0's"
+        for store in self.stores:
             store.close()
         return self.w
 
