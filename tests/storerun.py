@@ -70,7 +70,7 @@ from tests.store_worker import (
 from wfstate.backends.local import LocalStore
 from wfstate.checkpointindex import decode_drop
 from wfstate.checkpointpolicy import MANUAL_ONLY
-from wfstate.errors import NotFoundError, ValidationError
+from wfstate.errors import NotFoundError, ValidationError, WfstateError
 from wfstate.format import (
     CHECKPOINTS_DIR,
     LOCK_FILE,
@@ -924,11 +924,17 @@ def check_kill_loop(loop: KillLoop, path: str, *, final: bool = False) -> list[s
 
     try:
         with LocalStore.open(path, checkpoints=MANUAL_ONLY) as store:
-            final_states = {w: store.load(w) for w in store.list_workflows()}
             index = {info.id: info for info in store.checkpoints()}
             checks = store.verify()
             held = {c.checkpoint.id: store.checkpoint_state(c.checkpoint.id)
                     for c in checks if c.ok}  # fmt: skip
+            final_states: dict[str, WorkflowState] = {}
+            unloadable = []
+            for workflow_id in store.list_workflows():
+                try:
+                    final_states[workflow_id] = store.load(workflow_id)
+                except WfstateError as exc:
+                    unloadable.append(f"{workflow_id} does not load: {exc}")
             first_lsn = store.stats().log_first_lsn
         segments = os.listdir(os.path.join(path, WAL_DIR))
         # A retention SIGKILLed mid-way may have committed its drop record: it is still in
@@ -940,6 +946,10 @@ def check_kill_loop(loop: KillLoop, path: str, *, final: bool = False) -> list[s
                     loop.logged_drops.update(decode_drop(record.payload))
     except Exception as exc:
         return [*problems, f"reopening the store failed: {type(exc).__name__}: {exc}"]
+    if unloadable:
+        bad = [f"checkpoint {c.checkpoint.id} does not verify: {c.problem}" for c in checks
+               if not c.ok]  # fmt: skip
+        return [*problems, *unloadable, *bad]
 
     # the batches each process's workflow holds: acknowledged, or begun by a killed writer
     try:

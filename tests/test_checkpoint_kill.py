@@ -137,7 +137,7 @@ def resume_at_the_wrong_batch(loop: KillLoop, store: Path, tmp: Path) -> tuple[K
 
 def damage_a_checkpoint_file(loop: KillLoop, store: Path, tmp: Path) -> tuple[KillLoop, Path]:
     """One checkpoint that a newer one of its workflow does not build on, so the workflow
-    still loads: only ``verify`` sees it."""
+    still loads and only ``verify`` sees it; else the oldest (its workflow may not load)."""
     copy = _store_copy(store, tmp)
     with LocalStore.open(str(copy), checkpoints=MANUAL_ONLY) as s:
         infos = s.checkpoints()  # newest first
@@ -151,12 +151,17 @@ def damage_a_checkpoint_file(loop: KillLoop, store: Path, tmp: Path) -> tuple[Ki
         return out
 
     info = next(
-        old
-        for old in infos
-        if any(
-            new.workflow_id == old.workflow_id and new.lsn > old.lsn and old.id not in chain(new.id)
-            for new in infos
-        )
+        (
+            old
+            for old in infos
+            if any(
+                new.workflow_id == old.workflow_id
+                and new.lsn > old.lsn
+                and old.id not in chain(new.id)
+                for new in infos
+            )
+        ),
+        infos[-1],
     )
     path = copy / CHECKPOINTS_DIR / info.file
     data = bytearray(path.read_bytes())
