@@ -750,19 +750,3 @@ def checkpoints_large(handles: int = 1, fs: SimFileSystem | None = None) -> Chec
     assert d.figures["compactions rotating a segment by size"] == 3, d.figures
     assert d.figures["longest chain folded"] > 2, d.figures
     return d.finish()
-
-
-class AppendingSimFS(SimFileSystem):
-    """A simulated disk whose ``create_exclusive`` descriptors append, as ``open_append``'s do.
-
-    Works around the bug that a log handle keeps writing through the descriptor
-    ``create_exclusive`` gave it for a segment it rotated to (``Log._rotate``), at its own file
-    position, over records another handle appended to that segment meanwhile (see
-    ``tests/test_checkpoint_crash.py``, the xfail test naming the bug). For a file written
-    only by the process that created it, appending and writing at the position are the same.
-    """
-
-    def create_exclusive(self, path: str) -> int:
-        fd = super().create_exclusive(path)
-        self._fds[fd].append = True
-        return fd

@@ -52,7 +52,6 @@ import msgspec
 from wfstate.backends.local import LocalStore
 from wfstate.checkpointpolicy import DEFAULT_POLICY, CheckpointPolicy
 from wfstate.errors import ValidationError
-from wfstate.fs import OS_FS, OsFileSystem
 from wfstate.model import WorkflowState, WorkflowStep, validate_state
 from wfstate.mutations import CreateWorkflow, Mutation, PutStepOutput, SetStepStatus
 from wfstate.retention import RetentionPolicy
@@ -472,19 +471,6 @@ def fixed_clock(proc: int) -> Callable[[], float]:
     return lambda: FIXED_CLOCK + proc
 
 
-class AppendingOsFileSystem(OsFileSystem):
-    """The OS file system, with ``create_exclusive`` descriptors appending (``O_APPEND``).
-
-    Works around a bug of ``Log._rotate`` (``tests/test_checkpoint_crash.py`` names it): the
-    descriptor of a segment a process created writes at its own position, over records other
-    processes appended to that segment since (a compaction's new segment, in these runs).
-    """
-
-    def create_exclusive(self, path: str) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        return os.open(path, flags, 0o644)
-
-
 def run_checkpoint_writer(
     store: LocalStore,
     *,
@@ -576,7 +562,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--maintain-every", type=int, default=0, help="ckwriter: compact+retain")
     parser.add_argument("--keep-last", type=int, default=2, help="ckwriter: retention")
     parser.add_argument("--fixed-clock", action="store_true", help="stamp FIXED_CLOCK + proc")
-    parser.add_argument("--append-fs", action="store_true", help="AppendingOsFileSystem")
     args = parser.parse_args(argv)
     durability: Durability = args.durability
     store = LocalStore.open(
@@ -584,7 +569,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         durability=durability,
         clock=fixed_clock(args.proc) if args.fixed_clock else time.time,
         checkpoints=KILL_LOOP_POLICY if args.role == "ckwriter" else DEFAULT_POLICY,
-        fs=AppendingOsFileSystem() if args.append_fs else OS_FS,
     )
     try:
         _emit_stdout(Ready(role=args.role, pid=os.getpid()))

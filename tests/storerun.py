@@ -739,14 +739,12 @@ def run_kill_loop(
     checkpoint_every: int = 5,
     maintain_every: int = 20,
     keep_last: int = 2,
-    append_fs: bool = True,
     timeout: float = TIMEOUT,
 ) -> tuple[KillLoop, list[str]]:
     """``rounds`` rounds of ``procs`` checkpointing writers, one SIGKILLed per round (module
     section comment; the kind of moment cycles through :data:`KILL_TRIGGERS`); the store is
     checked after each. Returns the run and the problems of the first check that found any
-    (empty: none). ``append_fs``: the writers use
-    :class:`tests.store_worker.AppendingOsFileSystem` (the workaround of the rotate bug)."""
+    (empty: none)."""
     t0 = time.monotonic()
     deadline = t0 + timeout
     path = str(tmp_path / "store")
@@ -754,7 +752,7 @@ def run_kill_loop(
     setup = set_up_store(path, procs=procs, commits=total, claim_every=claim_every)
     loop = KillLoop(procs, commits, claim_every, checkpoint_every, maintain_every, keep_last, setup)
     for r in range(rounds):
-        loop.rounds.append(_kill_round(loop, tmp_path, r, seed, append_fs, deadline))
+        loop.rounds.append(_kill_round(loop, tmp_path, r, seed, deadline))
         problems = check_kill_loop(loop, path, final=r == rounds - 1)
         if problems:
             return loop, problems
@@ -762,15 +760,12 @@ def run_kill_loop(
     return loop, []
 
 
-def _kill_round(
-    loop: KillLoop, tmp_path: Path, r: int, seed: int, append_fs: bool, deadline: float
-) -> KillRound:
+def _kill_round(loop: KillLoop, tmp_path: Path, r: int, seed: int, deadline: float) -> KillRound:
     path = str(tmp_path / "store")
     start, stop = tmp_path / f"start-{r}", tmp_path / f"stop-{r}"
     common = ["--store", path, "--start", str(start), "--stop", str(stop), "--fixed-clock"]
     common += ["--commits", str((r + 1) * loop.commits), "--claim-every", str(loop.claim_every)]
     common += ["--checkpoint-every", str(loop.checkpoint_every), "--keep-last", str(loop.keep_last)]
-    common += ["--append-fs"] if append_fs else []
     rnd = KillRound(number=r)
     rng = random.Random(f"kill loop {seed} round {r}")
     rnd.trigger = KILL_TRIGGERS[(seed + r) % len(KILL_TRIGGERS)]  # every kind in 4 rounds

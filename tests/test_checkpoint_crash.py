@@ -31,7 +31,6 @@ import pytest
 
 from tests.crashcheck import (
     CK_VIOLATIONS,
-    AppendingSimFS,
     CheckpointOutcome,
     CheckpointWorkload,
     NoCheckpointDirSyncFS,
@@ -42,7 +41,6 @@ from tests.crashcheck import (
     explore_checkpoints,
 )
 from tests.simfs import SimFileSystem
-from wfstate.errors import CorruptionError
 from wfstate.fs import OS_FS, FileSystem
 from wfstate.wal import Compression, Log
 
@@ -167,20 +165,15 @@ def test_the_checks_catch_a_checkpoint_file_that_is_not_durable(
     assert {k for k in CK_VIOLATIONS if o.found[k]} == kinds
 
 
-# -- a bug found: a handle overwrites records appended to the segment it rotated to ------------
-
-ROTATE_BUG = (
-    "wfstate/wal/log.py Log._rotate keeps the descriptor create_segment opened with "
-    "create_exclusive (no O_APPEND) and writes at its own position, over records other "
-    "handles appended to that segment meanwhile: acknowledged records are lost"
-)
+# -- a bug this proof found: a handle wrote over records appended to the segment it created ---
 
 
-@pytest.mark.xfail(strict=True, reason=ROTATE_BUG)
 @pytest.mark.parametrize("disk", ["simulated", "os"])
 def test_a_handle_appends_after_records_others_added_to_the_segment_it_created(
     tmp_path: Path, disk: str
 ) -> None:
+    """The descriptor of a segment a handle created must append: another handle appends to
+    that segment between its write groups (it wrote at its own position, over them)."""
     fs: FileSystem = SimFileSystem() if disk == "simulated" else OS_FS
     wal = "/store/wal" if disk == "simulated" else str(tmp_path / "wal")
     options = {"fs": fs, "segment_size": 4096, "compression": Compression(codec="none")}
@@ -197,14 +190,6 @@ def test_a_handle_appends_after_records_others_added_to_the_segment_it_created(
     assert got == [(1, b"x"), (2, b"y"), (3, b"b"), (4, b"a")]
 
 
-@pytest.mark.xfail(strict=True, reason=ROTATE_BUG, raises=CorruptionError)
-def test_the_large_two_handle_workload_on_a_disk_like_the_os() -> None:
-    """The slow two-handle workload runs on :class:`AppendingSimFS` for this bug: on a disk
-    that writes at the descriptor's position, as the OS does for ``create_exclusive``, handle 0
-    writes a CHECKPOINT record over handle 1's batch in a segment handle 0 created."""
-    checkpoints_large(2, fs=SimFileSystem())
-
-
 # -- larger workloads (-m slow) ----------------------------------------------------------------
 
 
@@ -217,7 +202,7 @@ def test_larger_workload_with_automatic_checkpoints_survives_every_crash_state(
     incremental up to 6 links), manual ones, 4 retentions folding chains of more than 2
     links, 3 compactions each rotating a segment by size before its own. About 3,000 crash
     states and 10 s per variant."""
-    w = checkpoints_large(handles, fs=AppendingSimFS() if handles == 2 else None)
+    w = checkpoints_large(handles)
     assert w.figures["longest chain folded"] > 2
     assert w.figures["compactions rotating a segment by size"] == 3
     assert w.figures["checkpoints (automatic)"] and w.figures["checkpoints (post_step)"]

@@ -13,9 +13,9 @@ verifying and holding the model's state at its LSN, acknowledged checkpoints pre
 dropped, drops final, the log starting at or after the last acknowledged compaction; after the
 last round a compaction leaves no file no checkpoint names.
 
-The writers use :class:`tests.store_worker.AppendingOsFileSystem`: with the plain OS file
-system they lose acknowledged batches to the bug named in ``tests/test_checkpoint_crash.py``
-(``ROTATE_BUG``): the ``-m slow`` run shows it, as an expected failure.
+This loop found that a writer wrote over the batches others appended to a segment it had
+created (its descriptor did not append); ``wfstate/wal/recovery.py`` ``create_segment`` now
+returns an appending descriptor.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from msgspec.structs import replace
 
 from tests.store_worker import Ack, Checkpointed, Compacted, Event, Resumed, Retained
 from tests.storerun import KillLoop, check_kill_loop, kill_loop_summary, run_kill_loop
-from tests.test_checkpoint_crash import ROTATE_BUG
 from wfstate.backends.local import LocalStore
 from wfstate.checkpointpolicy import MANUAL_ONLY
 from wfstate.format import CHECKPOINTS_DIR
@@ -216,13 +215,3 @@ def test_checkpoint_kill_loop_seeds(tmp_path: Path, crash_report: list[str], see
         tmp_path, crash_report, f"checkpoint kill loop, seed {seed}",
         seed=seed, rounds=5, commits=80, procs=3 + seed % 2,
     )  # fmt: skip
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=ROTATE_BUG)
-def test_checkpoint_kill_loop_on_the_plain_os_file_system(
-    tmp_path: Path, crash_report: list[str]
-) -> None:
-    """Without the workaround a writer writes over the batches others appended to the
-    segment its compaction began (seen as lost batches, or as corruption by the others)."""
-    _run(tmp_path, crash_report, "checkpoint kill loop, plain OS fs", seed=1, append_fs=False)

@@ -60,6 +60,10 @@ def create_segment(fs: FileSystem, wal_dir: str, header: SegmentHeader) -> tuple
 
     No record may be written to a segment before this returns (docs/format.md §2.1), which is
     what lets recovery treat a segment with a bad header and no data as a torn creation.
+
+    The descriptor returned appends (``O_APPEND``): other handles append to the same segment
+    between this handle's write groups, so a descriptor writing at its own position would
+    write over their records (acknowledged ones lost, found by the two-handle crash tests).
     """
     name = segment_name(header.seq, header.first_lsn)
     path = os.path.join(wal_dir, name)
@@ -68,10 +72,10 @@ def create_segment(fs: FileSystem, wal_dir: str, header: SegmentHeader) -> tuple
         fs.write(fd, pack_segment_header(header))
         fs.fsync(fd)
         fs.fsync_dir(wal_dir)
-    except BaseException:
+        appending = fs.open_append(path)
+    finally:
         fs.close(fd)
-        raise
-    return SegmentFile(name, path, header.seq, header.first_lsn), fd
+    return SegmentFile(name, path, header.seq, header.first_lsn), appending
 
 
 def new_epoch() -> int:
