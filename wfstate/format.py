@@ -46,6 +46,7 @@ RECORD_BATCH: Final = 2
 RECORD_CHECKPOINT: Final = 3
 RECORD_CHECKPOINT_DROP: Final = 4
 RECORD_DISCARD: Final = 5
+RECORD_TXN: Final = 6
 
 # -- the durability hint in LOCK (docs/format.md §8.1) -----------------------------------------
 LOCK_FILE: Final = "LOCK"
@@ -144,6 +145,20 @@ def checkpoint_file_name(checkpoint_id: str, *, folded: bool = False) -> str:
 def is_checkpoint_id(value: str) -> bool:
     """Whether ``value`` has the form of a checkpoint id (``ck-`` and 16 hex digits)."""
     return _CHECKPOINT_ID.match(value) is not None
+
+
+# -- two-phase commit (docs/format.md §10) ----------------------------------------------------
+WORKFLOWS_DIR: Final = "workflows"
+SESSIONS_DIR: Final = "sessions"
+TXN_DIRS: Final = (CHECKPOINTS_DIR, SESSIONS_DIR, WORKFLOWS_DIR)
+"""The directories a transaction's participants may live in (one component below each)."""
+WORKFLOW_STATE_SUFFIX: Final = ".state"
+_TXN_ID = re.compile(r"^tx-[0-9a-f]{16}$")
+
+
+def is_txn_id(value: str) -> bool:
+    """Whether ``value`` has the form of a transaction id (``tx-`` and 16 hex digits)."""
+    return _TXN_ID.match(value) is not None
 
 
 # -- names (docs/format.md §1, §2) ------------------------------------------------------------
