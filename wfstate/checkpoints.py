@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterable
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 from wfstate.checkpointfile import decode_checkpoint, encode_checkpoint, read_header, yielded_state
 from wfstate.checkpointindex import CheckpointIndex, CheckpointInfo
@@ -31,9 +30,8 @@ from wfstate.format import CHECKPOINT_SUFFIX, checkpoint_file_name
 from wfstate.fs import FileSystem, temp_name
 from wfstate.model import WorkflowState, state_checksum
 from wfstate.statetable import stamped_with
+from wfstate.twophase import is_abandoned_temp
 from wfstate.wal.codec import Compression
-
-_TEMP: Final = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.tmp$")
 
 
 class Prepared(NamedTuple):
@@ -167,11 +165,8 @@ class CheckpointFiles:
         named = index.files()
         found = []
         for name in self._fs.listdir(self.directory):
-            temp = _TEMP.match(name)
-            if temp is not None:
-                if not _running(int(temp.group(1))):
-                    found.append(name)
-            elif name.endswith(CHECKPOINT_SUFFIX) and name not in named:
+            unnamed = name.endswith(CHECKPOINT_SUFFIX) and name not in named
+            if unnamed or is_abandoned_temp(name):
                 found.append(name)
         return sorted(found)
 
@@ -196,17 +191,3 @@ def _check_entry(decoded: object, info: CheckpointInfo, path: str) -> None:
             raise CorruptionError(
                 path, 0, f"checkpoint {info.id}: the file has {field} {found!r}, not {value!r}"
             )
-
-
-def _running(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (temp files carry their writer's pid).
-    A reused pid only delays a temp file's deletion to a later compaction."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

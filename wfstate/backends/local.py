@@ -36,6 +36,7 @@ from typing import Final
 
 import msgspec
 
+from wfstate.checkpointfile import decode_checkpoint, encode_checkpoint, read_header
 from wfstate.checkpointindex import (
     Anchor,
     AnchorWorkflow,
@@ -57,7 +58,13 @@ from wfstate.checkpointreports import (
     StoreStats,
 )
 from wfstate.checkpoints import CheckpointFiles, Prepared
-from wfstate.errors import CorruptionError, NotFoundError, ValidationError, WfstateError
+from wfstate.errors import (
+    CorruptionError,
+    NotFoundError,
+    StorePoisonedError,
+    ValidationError,
+    WfstateError,
+)
 from wfstate.format import (
     CHECKPOINTS_DIR,
     LOCK_FILE,
@@ -65,7 +72,13 @@ from wfstate.format import (
     RECORD_CHECKPOINT,
     RECORD_CHECKPOINT_DROP,
     RECORD_DISCARD,
+    RECORD_TXN,
+    SESSIONS_DIR,
+    TXN_DIRS,
     WAL_DIR,
+    WORKFLOW_STATE_SUFFIX,
+    WORKFLOWS_DIR,
+    checkpoint_file_name,
     parse_segment_name,
 )
 from wfstate.fs import OS_FS, FileSystem, make_dirs
@@ -90,6 +103,17 @@ from wfstate.statetable import (
     StateTable,
     TableStore,
     stamped_with,
+)
+from wfstate.twophase import (
+    Participant,
+    Txn,
+    abandon,
+    decode_txn,
+    encode_txn,
+    finish,
+    prepare,
+    roll_forward,
+    undecided_temps,
 )
 from wfstate.wal import Compression, Durability, Log, Record, RecoveryMode
 from wfstate.wal.log import (
@@ -135,6 +159,10 @@ class LocalStore(TableStore):
         self._bad: dict[str, str] = {}  # checkpoint id -> why it does not read
         self._logged_bytes = 0  # batch bytes logged or read since the last compaction seen
         self._auto_failures = 0
+        # transactions read from the log (docs/format.md §10) that this handle has not seen
+        # finished under the writers' lock: rolled forward at its next tenure (_held)
+        self._unfinished: list[Txn] = []
+        self._poison: BaseException | None = None  # a transaction's finish failed
 
     @classmethod
     def open(
@@ -181,7 +209,8 @@ class LocalStore(TableStore):
                 "checkpoints", "must be a wfstate.checkpointpolicy.CheckpointPolicy"
             )
         make_dirs(fs, path)
-        make_dirs(fs, os.path.join(path, CHECKPOINTS_DIR))
+        for directory in TXN_DIRS:
+            make_dirs(fs, os.path.join(path, directory))
         wal_dir = os.path.join(path, WAL_DIR)
         stores: list[LocalStore] = []  # the store exists once the log does
         log = Log.open(
@@ -218,6 +247,7 @@ class LocalStore(TableStore):
                 store._take_anchor(log.anchor, skipped=True)
             for record in log.read(log.first_lsn):
                 store._take(record)
+            store._settle()
         except BaseException:
             log.close()
             raise
@@ -226,7 +256,7 @@ class LocalStore(TableStore):
     # -- the Store hooks ----------------------------------------------------------------------
     @contextmanager
     def _writing(self) -> Iterator[BatchLogger]:
-        with self._log.writing() as writer:
+        with self._held() as writer:
 
             def log_batch(stamped: list[Mutation]) -> tuple[int, int]:
                 payload = encode_mutations(stamped)
@@ -285,6 +315,8 @@ class LocalStore(TableStore):
                     self._forget_recent(info.id)
             elif record.type == RECORD_DISCARD:
                 self._take_anchor(payload, skipped=False)
+            elif record.type == RECORD_TXN:
+                self._take_txn(decode_txn(payload))
             else:
                 raise ValidationError("type", f"{record.type} is not a record type of a store")
         except (ValidationError, NotFoundError) as exc:
@@ -307,6 +339,17 @@ class LocalStore(TableStore):
         if skipped:
             self._recent.clear()
         self._logged_bytes = 0
+
+    def _take_txn(self, txn: Txn) -> None:
+        """Apply a ``TXN`` record another handle wrote (docs/format.md §10.2): its checkpoint
+        entries join the index as if each had its own ``CHECKPOINT`` record here, and the
+        transaction is noted as possibly unfinished (its decider may have died between the
+        decision and the renames): the next tenure of this handle rolls it forward (``_held``).
+        Called by the log, whose lock is held: no file is touched here. The ``sessions``
+        events it may carry are not applied yet (there is no session layer)."""
+        for info in txn.checkpoints:
+            self._index.add(info)
+        self._unfinished.append(txn)
 
     def _materialize(
         self, workflow_id: str, origin: int, floor: int, entries: Sequence[tuple[int, int]]
@@ -449,7 +492,7 @@ class LocalStore(TableStore):
         try:
             with self._mutex:
                 self._check_open()
-                with self._log.writing() as writer:
+                with self._held() as writer:
                     if parent is not None and self._index.get(parent[0].id) != parent[0]:
                         raise _ParentGone  # dropped or folded by another process meanwhile
                     lsn = self._commit_checkpoint(writer, prepared)
@@ -641,7 +684,7 @@ class LocalStore(TableStore):
                 folded.append(info)
         with self._mutex:
             self._check_open()
-            with self._log.writing() as writer:
+            with self._held() as writer:
                 ids = _droppable(self._index, {info.id for info in plan.drop})
                 lsn = (
                     writer.enqueue(encode_drop(sorted(ids)), record_type=RECORD_CHECKPOINT_DROP)
@@ -679,7 +722,7 @@ class LocalStore(TableStore):
         try:
             with self._mutex:
                 self._check_open()
-                with self._log.writing() as writer:
+                with self._held() as writer:
                     if self._index.get(info.id) != info:
                         raise _ParentGone
                     lsn = self._commit_checkpoint(writer, prepared)
@@ -723,8 +766,9 @@ class LocalStore(TableStore):
                 continue  # deleted meanwhile
         with self._mutex:
             self._check_open()
-            with self._log.writing() as writer:
+            with self._held() as writer:
                 orphans = self._files.delete(self._files.orphans(self._index))
+                self._delete_undecided((WORKFLOWS_DIR, SESSIONS_DIR))
                 for workflow_id in self._uncovered():  # changed by another process meanwhile
                     self._checkpoint_held(writer, workflow_id)
                     checkpointed.append(workflow_id)
@@ -831,6 +875,234 @@ class LocalStore(TableStore):
                 auto_checkpoint_failures=self._auto_failures,
             )
 
+    # -- two-phase commit (docs/format.md §10) -----------------------------------------------
+    def _check_open(self) -> None:
+        super()._check_open()
+        if self._poison is not None:
+            raise StorePoisonedError(
+                f"store {self.path} stopped: a decided transaction is not known to be finished "
+                f"({self._poison}); reopen it to roll the transaction forward"
+            ) from self._poison
+
+    @contextmanager
+    def _held(self) -> Iterator[LogWriter]:
+        """The log's :meth:`~wfstate.wal.log.Log.writing` block (the writers' lock held, caught
+        up), first rolling forward every transaction other handles decided that this one has
+        not seen finished (docs/format.md §10.1): so no write of this handle, and no
+        compaction (which would delete a decided temp file as undecided, or discard the
+        ``TXN`` record naming it), happens while a decided transaction is unfinished. Every
+        write of the store goes through here; the store's lock is held."""
+        with self._log.writing() as writer:
+            if self._unfinished:
+                self._roll_forward_others()
+            yield writer
+
+    def _roll_forward_others(self) -> None:
+        """Roll forward :attr:`_unfinished` (writers' lock held). A failure stops the store:
+        a decided transaction is not known finished, and writing on could put a later file in
+        place before it. ``CorruptionError`` (a damaged temp file, nothing renamed) is raised
+        as is, anything else as ``StorePoisonedError``."""
+        txns = self._unfinished
+        try:
+            roll_forward(self._fs, self.path, txns)
+        except BaseException as exc:
+            self._poison = exc
+            if isinstance(exc, CorruptionError):
+                raise
+            raise StorePoisonedError(
+                f"store {self.path}: rolling forward a decided transaction failed ({exc}); "
+                "reopen it to try again"
+            ) from exc
+        self._unfinished = []
+
+    def _settle(self) -> None:
+        """At open, after the replay: holding the writers' lock, roll forward every decided
+        transaction of the log (all are taken as possibly unfinished: the directories are
+        synced even when nothing is left to rename), then delete the undecided temp files of
+        writers no longer running in ``workflows/``, ``checkpoints/`` and ``sessions/``. The
+        lock is not taken when the log holds no ``TXN`` record and no such temp file exists."""
+        directories = [os.path.join(self.path, d) for d in TXN_DIRS]
+        if not self._unfinished and not any(undecided_temps(self._fs, d) for d in directories):
+            return
+        with self._mutex, self._held():
+            self._delete_undecided(TXN_DIRS)
+
+    def _delete_undecided(self, directories: Sequence[str]) -> None:
+        """Delete the temp files of dead writers in ``directories`` (names below the store),
+        each directory synced after (writers' lock held, every known transaction rolled
+        forward, so those files are undecided)."""
+        for name in directories:
+            directory = os.path.join(self.path, name)
+            found = undecided_temps(self._fs, directory)
+            for temp in found:
+                try:
+                    self._fs.unlink(os.path.join(directory, temp))
+                except FileNotFoundError:
+                    continue  # deleted by another holder of the lock meanwhile
+            if found:
+                self._fs.fsync_dir(directory)
+
+    def _transact(
+        self,
+        participants: Sequence[Participant],
+        checkpoints: Sequence[tuple[CheckpointInfo, WorkflowState]] = (),
+    ) -> str:
+        """Replace ``participants`` and commit the entries of ``checkpoints`` (each with the
+        state its file holds, each file among the participants) in one transaction
+        (docs/format.md §10.1); return its id once decided and finished.
+
+        Prepare (outside every lock): ``ValidationError`` for bad input, ``TransactionError``
+        for a failure while writing the temp files; nothing changed either way. Decide (store
+        lock, then writers' lock): the ``TXN`` record is appended and synced, whatever the
+        durability level. A failure before it is queued (closed store, lock timeout, a
+        catch-up error) removes the temp files and raises; a failed write or sync of it
+        poisons the log (``StorePoisonedError``) and leaves the temp files for the next open
+        to roll forward or delete, as the log says. Finish (same tenure): the renames and
+        directory syncs; a failure poisons the store (``StorePoisonedError`` from every later
+        call) and reopening rolls the transaction forward.
+        """
+        infos = [info for info, _state in checkpoints]
+        txn = prepare(self._fs, self.path, participants, checkpoints=infos)
+        decided = False
+        try:
+            with self._mutex:
+                self._check_open()
+                with self._held() as writer:
+                    writer.enqueue(encode_txn(txn), record_type=RECORD_TXN)
+                    writer.sync()  # the commit point
+                    decided = True
+                    for info, state in checkpoints:
+                        self._index.add(info)
+                        self._bad.pop(info.id, None)
+                        self._remember_recent(Prepared("", info, state))
+                    try:
+                        finish(self._fs, self.path, txn)
+                    except BaseException as exc:
+                        self._poison = exc
+                        raise StorePoisonedError(
+                            f"store {self.path}: transaction {txn.id} is decided but finishing "
+                            f"it failed ({exc}); reopen the store to roll it forward"
+                        ) from exc
+        except BaseException:
+            if not decided and not self._log.poisoned:
+                abandon(self._fs, self.path, txn)  # certainly not decided
+            raise
+        return txn.id
+
+    def write_state_files(
+        self, workflow_ids: Sequence[str] | None = None, *, checkpoint: bool = False
+    ) -> str:
+        """Write ``workflows/<id>.state`` (docs/format.md §10.3) for each of ``workflow_ids``
+        (every live workflow when None) with its committed state, and with ``checkpoint`` a
+        full checkpoint of each (type ``manual``), all in one transaction: after any crash
+        either every file and checkpoint is there, new, or none is. Returns the transaction id
+        once the transaction is durable and its files are in place.
+
+        Input is checked before anything is written: ``ValidationError`` naming
+        ``workflow_ids`` / ``workflow_ids[i]`` / ``checkpoint``, ``NotFoundError`` naming
+        ``workflow_ids[i]`` for a workflow that does not exist. Failures as in a transaction:
+        ``TransactionError`` when preparing the files fails (nothing changed),
+        ``StorePoisonedError`` when finishing it fails (reopen to roll it forward).
+        """
+        if workflow_ids is not None:
+            if isinstance(workflow_ids, str) or not isinstance(workflow_ids, Sequence):
+                raise ValidationError(
+                    "workflow_ids", f"must be a sequence of ids or None, not {workflow_ids!r}"
+                )
+            if not workflow_ids:
+                raise ValidationError("workflow_ids", "names no workflow")
+            first: dict[str, int] = {}
+            for i, workflow_id in enumerate(workflow_ids):
+                validate_id(workflow_id, f"workflow_ids[{i}]")
+                if workflow_id in first:
+                    raise ValidationError(
+                        f"workflow_ids[{i}]",
+                        f"{workflow_id!r} is also workflow_ids[{first[workflow_id]}]",
+                    )
+                first[workflow_id] = i
+        if not isinstance(checkpoint, bool):
+            raise ValidationError("checkpoint", f"must be a bool, not {checkpoint!r}")
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            ids = self._table.ids() if workflow_ids is None else list(workflow_ids)
+            if not ids:
+                raise ValidationError("workflow_ids", "the store has no workflow to write")
+            states: list[tuple[str, int, WorkflowState]] = []
+            for i, workflow_id in enumerate(ids):
+                state = self._current(workflow_id)
+                origin = self._table.origin(workflow_id)
+                if state is None or origin is None:
+                    raise NotFoundError(f"workflow_ids[{i}]: no workflow {workflow_id!r}")
+                states.append((workflow_id, origin, state))
+            created = self._clock()
+        participants: list[Participant] = []
+        checkpoints: list[tuple[CheckpointInfo, WorkflowState]] = []
+        for workflow_id, origin, state in states:
+            name = f"{WORKFLOWS_DIR}/{workflow_id}{WORKFLOW_STATE_SUFFIX}"
+            participants.append(Participant(name, self._full_file(origin, state)[0]))
+            if checkpoint:
+                data, info = self._full_file(origin, state, created=created)
+                participants.append(Participant(f"{CHECKPOINTS_DIR}/{info.file}", data))
+                checkpoints.append((info, state))
+        return self._transact(participants, checkpoints)
+
+    def _full_file(
+        self, origin: int, state: WorkflowState, *, created: float = 0.0
+    ) -> tuple[bytes, CheckpointInfo]:
+        """A full checkpoint file of ``state`` under a fresh id (docs/format.md §9.1; also the
+        layout of a workflow state file, §10.3), and the ``manual`` entry naming it."""
+        checkpoint_id = f"ck-{secrets.token_hex(8)}"
+        file = checkpoint_file_name(checkpoint_id)
+        lsn = state.metadata.last_lsn
+        data = encode_checkpoint(
+            checkpoint_id=checkpoint_id,
+            workflow_id=state.workflow.id,
+            origin=origin,
+            lsn=lsn,
+            epoch=self._log.epoch,
+            parent=None,
+            state=state,
+            delta=None,
+            compression=self._policy.compression,
+        )
+        info = CheckpointInfo(
+            id=checkpoint_id,
+            workflow_id=state.workflow.id,
+            origin=origin,
+            lsn=lsn,
+            parent=None,
+            session_id=state.context.session_id,
+            type="manual",
+            tags=(),
+            description="",
+            file=file,
+            size=len(data),
+            checksum=read_header(data, file).header_checksum,
+            created=created,
+        )
+        return data, info
+
+    def read_state_file(self, workflow_id: str) -> WorkflowState:
+        """The state in ``workflows/<workflow_id>.state`` (docs/format.md §10.3), verified as a
+        full checkpoint file (checksums, epoch, the state's checksum) and stamped with its LSN.
+        ``NotFoundError`` when there is no such file; ``CorruptionError`` naming the file when
+        it does not verify or holds another workflow."""
+        validate_id(workflow_id, "workflow_id")
+        with self._mutex:
+            self._check_open()
+        path = os.path.join(self.path, WORKFLOWS_DIR, workflow_id + WORKFLOW_STATE_SUFFIX)
+        try:
+            data = self._fs.read_file(path)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"workflow_id: no state file of {workflow_id!r}") from exc
+        decoded = decode_checkpoint(data, path, epoch=self._log.epoch)
+        if decoded.state is None or decoded.workflow_id != workflow_id:
+            raise CorruptionError(
+                path, 0, f"not a full state of {workflow_id!r} (of {decoded.workflow_id!r})"
+            )
+        return stamped_with(decoded.state, decoded.lsn)
+
     # -- automatic checkpoints ----------------------------------------------------------------
     def _committed(self, stamped: Sequence[Mutation], lsn: int) -> None:
         policy = self._policy
@@ -889,6 +1161,7 @@ _KIND: Final = {
     RECORD_CHECKPOINT: "checkpoint record",
     RECORD_CHECKPOINT_DROP: "checkpoint drop",
     RECORD_DISCARD: "discard record",
+    RECORD_TXN: "transaction record",
 }
 
 _TYPES: Final = frozenset({"manual", "automatic", "pre_step", "post_step", "error", "compaction"})

@@ -729,6 +729,16 @@ class Log:
             self._write_pending(sync=True)
             self._release_if_idle()
 
+    def _sync_held(self) -> None:
+        """:meth:`LogWriter.sync`: as :meth:`sync`, inside a :meth:`writing` block (so the
+        tenure is kept: the block's reservation stops it from being released)."""
+        with self._cond:
+            while self._flushing:
+                self._cond.wait()
+            self._check_usable()
+            self._write_pending(sync=True)
+            self._cond.notify_all()
+
     def _sync_periodically(self) -> None:
         """The ``interval`` level's background syncer.
 
@@ -932,6 +942,18 @@ class LogWriter:
         lsn = self._log._enqueue_held(payload, record_type, new_segment=self._new_segment)
         self._new_segment = False
         return lsn
+
+    def sync(self) -> None:
+        """Write every record queued so far and make it durable now, under any durability
+        level, keeping the writers' lock (this block still holds it).
+
+        For a step that must follow a durable record inside the same tenure: the renames that
+        finish a two-phase commit (docs/format.md §10.1) happen after its ``TXN`` record is
+        durable and before any other writer can take the lock. A failed write or sync poisons
+        the log and raises ``StorePoisonedError``, as for an append: the records queued may or
+        may not be found after reopening.
+        """
+        self._log._sync_held()
 
     def start_segment(self) -> None:
         """Make the next record enqueued in this block the first record of a segment.
