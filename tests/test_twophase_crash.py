@@ -29,6 +29,8 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -41,7 +43,7 @@ from wfstate.errors import CorruptionError
 from wfstate.format import RECORD_TXN, SESSIONS_DIR, TXN_DIRS, WORKFLOWS_DIR
 from wfstate.model import WorkflowState
 from wfstate.mutations import Mutation
-from wfstate.twophase import Participant, Txn, decode_txn, encode_txn, prepare
+from wfstate.twophase import Participant, Txn, encode_txn, prepare
 
 KINDS = (
     "recoveries raising",
@@ -111,7 +113,7 @@ class TxnDriver:
         for batch in plan:
             model.commit(batch)
             prefixes.append({w: state_bytes(model.load(w)) for w in model.list_workflows()})
-        self.stores = [open_sim_store(self.fs) for _ in range(handles)]
+        self.stores: list[LocalStore | None] = [open_sim_store(self.fs) for _ in range(handles)]
         self.rng = random.Random(name)
         self.w = TxnWorkload(name, self.fs, prefixes, [], [], [], Counter())
 
@@ -119,9 +121,17 @@ class TxnDriver:
     def done(self) -> int:
         return len(self.w.batch_lsns)
 
+    def store(self, handle: int) -> LocalStore:
+        store = self.stores[handle]
+        assert store is not None, f"handle {handle} was killed"
+        return store
+
     def commit(self, upto: int, *, by: int | None = None) -> None:
+        """Commit batches up to ``upto``, by handle ``by`` or the handles in turn (skipping
+        killed ones)."""
         while self.done < upto:
-            store = self.stores[self.done % len(self.stores) if by is None else by]
+            live = [k for k, s in enumerate(self.stores) if s is not None]
+            store = self.store(live[self.done % len(live)] if by is None else by)
             self.w.batch_lsns.append(store.commit(self.plan[self.done]))
             self.w.batch_acks.append(self.fs.op_count)
 
@@ -181,13 +191,18 @@ class TxnDriver:
     ) -> None:
         """A transaction through the store's internal API (``_transact``), acknowledged when
         it returns."""
-        store = self.stores[handle]
+        store = self.store(handle)
         started = self.fs.op_count
         participants, checkpoints = self._participants(store, state_files, checkpoint, sessions)
-        store._transact(participants, checkpoints)
-        record = store._log.read_at(store._log.last_lsn)
-        assert record.type == RECORD_TXN
-        self._note(decode_txn(record.payload), participants, started)
+        prepared: list[Txn] = []
+
+        def capture(*args: Any, **kwargs: Any) -> Txn:
+            prepared.append(prepare(*args, **kwargs))
+            return prepared[-1]
+
+        with mock.patch("wfstate.backends.local.prepare", capture):
+            store._transact(participants, checkpoints)
+        self._note(prepared[0], participants, started)
 
     def killed_decider(
         self,
@@ -198,9 +213,9 @@ class TxnDriver:
         sessions: Sequence[str] = (),
     ) -> None:
         """Handle ``handle`` prepares and decides a transaction and dies before renaming
-        anything; a new handle takes its place. Acknowledged once decided (the record is
-        durable: the transaction happened)."""
-        store = self.stores[handle]
+        anything (its lock released, as at a process's death), until :meth:`revive`.
+        Acknowledged once decided (the record is durable: the transaction happened)."""
+        store = self.store(handle)
         started = self.fs.op_count
         participants, checkpoints = self._participants(store, state_files, checkpoint, sessions)
         txn = prepare(
@@ -212,15 +227,20 @@ class TxnDriver:
         self._note(txn, participants, started)
         self.w.figures["killed deciders"] += 1
         store.close()
+        self.stores[handle] = None
+
+    def revive(self, handle: int) -> None:
+        """A new process in place of a killed one."""
+        assert self.stores[handle] is None
         self.stores[handle] = open_sim_store(self.fs)
 
     def compact(self, handle: int) -> None:
-        self.stores[handle].compact()
+        self.store(handle).compact()
         self.w.figures["compactions"] += 1
 
     def finish(self) -> TxnWorkload:
         final = self.w.prefixes[self.done]
-        for store in self.stores:
+        for store in filter(None, self.stores):
             assert {w: state_bytes(store.load(w)) for w in store.list_workflows()} == final
             store.close()
         assert all(t.temps and t.acked > t.started for t in self.w.txns)
@@ -258,10 +278,12 @@ def tx_two_handles() -> TxnWorkload:
     d.commit(5)
     d.killed_decider(1, state_files=["alpha"], checkpoint=["alpha"], sessions=["s1"])
     d.commit(7, by=0)  # handle 0 finishes it
+    d.revive(1)
     d.transact(0, state_files=["gamma"], sessions=["s1", "s2"])
     d.commit(10)
     d.killed_decider(0, state_files=["beta", "gamma"], checkpoint=["gamma"])
     d.compact(1)  # handle 1 finishes it first
+    d.revive(0)
     d.commit(14)
     d.transact(0, state_files=["alpha"], checkpoint=["alpha"], sessions=["s2"])
     d.commit(17)
@@ -289,6 +311,8 @@ def tx_large() -> TxnWorkload:
             kwargs["sessions"] = [f"s{k % 3}", "s9"]
         if k in killed:
             d.killed_decider(k % 2, **kwargs)
+            d.commit(d.done + 1)  # the other handle finishes it
+            d.revive(k % 2)
         else:
             d.transact(k % 2, **kwargs)
         if k in (4, 8, 12):
