@@ -621,6 +621,24 @@ def test_another_handle_rolls_forward_what_a_killed_decider_left(tmp_path: Path)
         reader.commit(step("a", 1))
 
 
+def test_a_damaged_temp_file_found_by_a_later_writer_stops_its_store(tmp_path: Path) -> None:
+    """A writer that cannot roll forward another's decided transaction writes nothing more: a
+    later file of its own could otherwise be put in place before that transaction's."""
+    path = str(tmp_path)
+    populated(path)
+    with open_store(path) as decider, open_store(path) as other:
+        txn = decide_only(decider, _mixed(b"new"))
+        damaged = tmp_path / os.path.dirname(txn.files[0].path) / txn.files[0].temp
+        damaged.write_bytes(b"rot")
+        last = other.stats().last_lsn
+        with pytest.raises(CorruptionError) as caught:
+            other.commit(step("a", 1))
+        assert caught.value.path == str(damaged)
+        with pytest.raises(StorePoisonedError):
+            other.load("a")
+        assert decider.stats().last_lsn == last, "the batch was not written"
+
+
 # -- undecided temp files ----------------------------------------------------------------------
 
 

@@ -1,6 +1,8 @@
 """The embedded default: a store in a local directory, every batch a record of its log.
 
-Layout (docs/format.md §1): ``<store>/LOCK`` (the writers' lock) and ``<store>/wal/``.
+Layout (docs/format.md §1): ``<store>/LOCK`` (the writers' lock), ``<store>/wal/``, and the
+directories of checkpoints and two-phase commits (``checkpoints/``, ``workflows/``,
+``sessions/``), made at open.
 
 Open: recover the log under the writers' lock (its recovery mode), then replay every committed
 batch into the materialized states. Commit: under the store's lock, enter the log's
@@ -20,7 +22,10 @@ Crash reasoning: a batch is one log record, so it is in the log whole or not at 
 and catching up apply exactly the records the log holds, in LSN order, so after a crash every
 workflow is at the state after the same prefix of batches, which includes every acknowledged
 one; a process that dies holding the writers' lock leaves at most a torn record, which the next
-writer (or opener) cuts as recovery would.
+writer (or opener) cuts as recovery would. A transaction over files (:mod:`wfstate.twophase`)
+is decided by one ``TXN`` record; one that a crash or a failed rename left unfinished is
+rolled forward at the next open, or by the next tenure of any handle that read its record,
+before that handle writes anything.
 """
 
 from __future__ import annotations
