@@ -124,7 +124,7 @@ def decode_entry(data: bytes) -> CheckpointInfo:
     entry = _decode(data, _Entry, "checkpoint")
     fields = msgspec.structs.asdict(entry)
     del fields["v"]
-    return _checked(CheckpointInfo(**fields))
+    return check_entry(CheckpointInfo(**fields))
 
 
 def encode_drop(ids: Sequence[str]) -> bytes:
@@ -146,11 +146,11 @@ def encode_anchor(anchor: Anchor) -> bytes:
 def decode_anchor(data: bytes) -> Anchor:
     document = _decode(data, _AnchorDocument, "anchor")
     for info in document.checkpoints:
-        _checked(info)
+        check_entry(info)
     return Anchor(workflows=document.workflows, checkpoints=document.checkpoints)
 
 
-def _checked(info: CheckpointInfo) -> CheckpointInfo:
+def check_entry(info: CheckpointInfo) -> CheckpointInfo:
     """Refuse an entry no writer produces (its fields name files and order the index)."""
     if not is_checkpoint_id(info.id):
         raise ValidationError("checkpoint.id", f"not a checkpoint id: {info.id!r}")

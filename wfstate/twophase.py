@@ -50,8 +50,7 @@ from typing import Final, NamedTuple
 
 import msgspec
 
-from wfstate.checkpointindex import CheckpointInfo
-from wfstate.checkpointindex import _checked as _checked_entry
+from wfstate.checkpointindex import CheckpointInfo, check_entry
 from wfstate.errors import CorruptionError, SchemaVersionError, TransactionError, ValidationError
 from wfstate.format import CHECKPOINTS_DIR, TXN_DIRS, is_txn_id, xxh3
 from wfstate.fs import FileSystem, temp_name
@@ -194,7 +193,7 @@ def check_participants(
         if not isinstance(info, CheckpointInfo):
             raise ValidationError(f"checkpoints[{i}]", "must be a CheckpointInfo")
         try:
-            _checked_entry(info)
+            check_entry(info)
         except ValidationError as exc:
             raise ValidationError(f"checkpoints[{i}]", str(exc)) from exc
         at = seen.get(f"{CHECKPOINTS_DIR}/{info.file}")
@@ -408,7 +407,7 @@ def decode_txn(data: bytes) -> Txn:
             raise ValidationError(f"{field}.path", "files are not sorted by path, or repeat")
     paths = {file.path: file for file in document.files}
     for i, info in enumerate(document.checkpoints):
-        _checked_entry(info)
+        check_entry(info)
         named = paths.get(f"{CHECKPOINTS_DIR}/{info.file}")
         if named is None or named.size != info.size:
             raise ValidationError(
