@@ -3,7 +3,7 @@
 The public surface is re-exported here; everything else is internal and may change.
 """
 
-from wfstate.backends.local import LocalStore
+from wfstate.backends.local import LocalStore, Session
 from wfstate.backends.memory import MemoryStore
 from wfstate.checkpointindex import CheckpointInfo, CheckpointType
 from wfstate.checkpointpolicy import MANUAL_ONLY, CheckpointPolicy
@@ -43,6 +43,7 @@ from wfstate.mutations import (
 )
 from wfstate.retention import RetentionPlan, RetentionPolicy
 from wfstate.schema import SchemaUpgrades
+from wfstate.sessions import CrashedSession, SessionInfo, WorkflowPlan
 from wfstate.store import Store
 from wfstate.wal import (
     Compression,
@@ -68,6 +69,7 @@ __all__ = [
     "CompactionReport",
     "Compression",
     "CorruptionError",
+    "CrashedSession",
     "CreateWorkflow",
     "DeleteWorkflow",
     "Durability",
@@ -88,6 +90,8 @@ __all__ = [
     "RetentionPolicy",
     "SchemaUpgrades",
     "SchemaVersionError",
+    "Session",
+    "SessionInfo",
     "SetAgentState",
     "SetStepStatus",
     "SetWorkflowStatus",
@@ -100,6 +104,7 @@ __all__ = [
     "UpdateContext",
     "ValidationError",
     "WfstateError",
+    "WorkflowPlan",
     "WorkflowState",
     "WorkflowStep",
     "__version__",

@@ -21,6 +21,7 @@ import msgspec
 
 from wfstate.errors import SchemaVersionError, ValidationError
 from wfstate.format import is_checkpoint_id
+from wfstate.sessions import SessionInfo
 
 CheckpointType: TypeAlias = Literal[
     "manual", "automatic", "pre_step", "post_step", "error", "compaction"
@@ -82,13 +83,15 @@ class AnchorWorkflow(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Anchor(msgspec.Struct, frozen=True, kw_only=True):
-    """What stands in for the discarded log (docs/format.md §9.6)."""
+    """What stands in for the discarded log (docs/format.md §9.6). ``sessions``: the session
+    table (§11) as of the anchor, sorted by id; absent (empty) in anchors without sessions."""
 
     workflows: tuple[AnchorWorkflow, ...]
     checkpoints: tuple[CheckpointInfo, ...]
+    sessions: tuple[SessionInfo, ...] = ()
 
 
-class _AnchorDocument(Anchor, frozen=True, kw_only=True):
+class _AnchorDocument(Anchor, frozen=True, kw_only=True, omit_defaults=True):
     v: int
 
 
@@ -139,7 +142,12 @@ def decode_drop(data: bytes) -> tuple[str, ...]:
 def encode_anchor(anchor: Anchor) -> bytes:
     """The ``DISCARD`` record payload (and ``wal/START`` anchor) of ``anchor``."""
     return _ENCODER.encode(
-        _AnchorDocument(v=ENTRY_VERSION, workflows=anchor.workflows, checkpoints=anchor.checkpoints)
+        _AnchorDocument(
+            v=ENTRY_VERSION,
+            workflows=anchor.workflows,
+            checkpoints=anchor.checkpoints,
+            sessions=anchor.sessions,
+        )
     )
 
 
@@ -147,7 +155,11 @@ def decode_anchor(data: bytes) -> Anchor:
     document = _decode(data, _AnchorDocument, "anchor")
     for info in document.checkpoints:
         check_entry(info)
-    return Anchor(workflows=document.workflows, checkpoints=document.checkpoints)
+    return Anchor(
+        workflows=document.workflows,
+        checkpoints=document.checkpoints,
+        sessions=document.sessions,
+    )
 
 
 def check_entry(info: CheckpointInfo) -> CheckpointInfo:

@@ -47,6 +47,7 @@ RECORD_CHECKPOINT: Final = 3
 RECORD_CHECKPOINT_DROP: Final = 4
 RECORD_DISCARD: Final = 5
 RECORD_TXN: Final = 6
+RECORD_SESSION: Final = 7
 
 # -- the durability hint in LOCK (docs/format.md §8.1) -----------------------------------------
 LOCK_FILE: Final = "LOCK"
@@ -159,6 +160,22 @@ _TXN_ID = re.compile(r"^tx-[0-9a-f]{16}$")
 def is_txn_id(value: str) -> bool:
     """Whether ``value`` has the form of a transaction id (``tx-`` and 16 hex digits)."""
     return _TXN_ID.match(value) is not None
+
+
+# -- sessions (docs/format.md §11) --------------------------------------------------------------
+SESSION_LOCK_SUFFIX: Final = ".lock"
+SESSION_FILE_SUFFIX: Final = ".session"
+SESSION_MAGIC: Final = b"WFSTSESS"
+SESSION_HEADER = struct.Struct("<8sHHIQQ")
+SESSION_HEADER_SIZE: Final = 32
+assert SESSION_HEADER.size == SESSION_HEADER_SIZE
+SESSION_HEADER_CHECKED: Final = 24  # header_checksum covers bytes 0..23
+_SESSION_ID = re.compile(r"^se-[0-9a-f]{16}$")
+
+
+def is_session_id(value: object) -> bool:
+    """Whether ``value`` has the form of a session id (``se-`` and 16 hex digits)."""
+    return isinstance(value, str) and _SESSION_ID.match(value) is not None
 
 
 # -- names (docs/format.md §1, §2) ------------------------------------------------------------

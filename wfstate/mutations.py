@@ -221,11 +221,23 @@ MUTATION_TYPES: Final = (
 # -- encoding ---------------------------------------------------------------------------------
 
 
-class _BatchDocument(msgspec.Struct, frozen=True, kw_only=True):
-    """The batch document as written: ``v`` (schema version) first, then ``m`` (the body)."""
+class _BatchDocument(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The batch document as written: ``v`` (schema version) first, then ``m`` (the body),
+    then, for a batch written in a session only, ``s`` (its id) and ``t`` (the owner's
+    fencing token) (docs/format.md §5.1, §11.2)."""
 
     v: int
     m: list[Mutation]
+    s: str | None = None
+    t: int | None = None
+
+
+class _Owner(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    s: str | None = None
+    t: int | None = None
+
+
+_OWNER_DECODER: Final = msgspec.msgpack.Decoder(_Owner)
 
 
 class _Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
@@ -248,8 +260,9 @@ _DECODERS: Final[dict[type[Any], msgspec.msgpack.Decoder[Any]]] = {
 }
 
 
-def encode_mutations(batch: Sequence[Mutation]) -> bytes:
-    """The batch document of ``batch`` (docs/format.md §5.1), version :data:`SCHEMA_VERSION`.
+def encode_mutations(batch: Sequence[Mutation], *, session: tuple[str, int] | None = None) -> bytes:
+    """The batch document of ``batch`` (docs/format.md §5.1), version :data:`SCHEMA_VERSION`;
+    with ``session`` (id, fencing token) it also carries the keys ``s`` and ``t``.
 
     A MessagePack map ``{"v": SCHEMA_VERSION, "m": [tagged mutation maps]}``, dict keys in the
     mutations sorted. Raises ValidationError before producing anything: at
@@ -260,7 +273,11 @@ def encode_mutations(batch: Sequence[Mutation]) -> bytes:
     mutations = list(batch)
     _check_embedded_versions(mutations, SCHEMA_VERSION)
     try:
-        return _LOG_ENCODER.encode(_BatchDocument(v=SCHEMA_VERSION, m=mutations))
+        if session is None:
+            return _LOG_ENCODER.encode(_BatchDocument(v=SCHEMA_VERSION, m=mutations))
+        return _LOG_ENCODER.encode(
+            _BatchDocument(v=SCHEMA_VERSION, m=mutations, s=session[0], t=session[1])
+        )
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValidationError("mutations", f"cannot be encoded: {exc}") from exc
 
@@ -354,6 +371,21 @@ def batch_targets(
     if document is None or document.v != SCHEMA_VERSION:
         return mutation_targets(decode_mutations(data, upgrades=upgrades))
     return [(t.op, t.workflow_id) for t in document.m]
+
+
+def batch_session(data: bytes) -> tuple[str, int] | None:
+    """The session id and fencing token a batch document carries (keys ``s``, ``t``, fixed for
+    every schema version), or None for a batch of no session. ``ValidationError`` at
+    ``mutations`` when only one of them is there or either has the wrong type."""
+    try:
+        owner = _OWNER_DECODER.decode(data)
+    except msgspec.MsgspecError as exc:
+        raise ValidationError("mutations", f"not a batch document: {exc}") from exc
+    if owner.s is None and owner.t is None:
+        return None
+    if owner.s is None or owner.t is None or isinstance(owner.t, bool):
+        raise ValidationError("mutations", "a batch document needs both `s` and `t`, or neither")
+    return owner.s, owner.t
 
 
 def mutation_targets(batch: Sequence[Mutation]) -> list[tuple[str, str]]:

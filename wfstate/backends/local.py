@@ -33,11 +33,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -65,6 +66,7 @@ from wfstate.checkpointreports import (
 from wfstate.checkpoints import CheckpointFiles, Prepared
 from wfstate.errors import (
     CorruptionError,
+    LockTimeoutError,
     NotFoundError,
     StorePoisonedError,
     ValidationError,
@@ -77,22 +79,27 @@ from wfstate.format import (
     RECORD_CHECKPOINT,
     RECORD_CHECKPOINT_DROP,
     RECORD_DISCARD,
+    RECORD_SESSION,
     RECORD_TXN,
+    SESSION_FILE_SUFFIX,
+    SESSION_LOCK_SUFFIX,
     SESSIONS_DIR,
     TXN_DIRS,
     WAL_DIR,
     WORKFLOW_STATE_SUFFIX,
     WORKFLOWS_DIR,
     checkpoint_file_name,
+    is_session_id,
     parse_segment_name,
 )
 from wfstate.fs import OS_FS, FileSystem, make_dirs
 from wfstate.ids import validate_id
-from wfstate.model import SCHEMA_VERSION, WorkflowState, state_checksum
+from wfstate.model import SCHEMA_VERSION, WorkflowState, state_checksum, validate_json
 from wfstate.mutations import (
     Mutation,
     SetStepStatus,
     SetWorkflowStatus,
+    batch_session,
     batch_targets,
     decode_mutations,
     encode_mutations,
@@ -101,6 +108,18 @@ from wfstate.mutations import (
 )
 from wfstate.retention import RetentionPlan, RetentionPolicy, plan_retention
 from wfstate.schema import BATCH_UPGRADES, SchemaUpgrades
+from wfstate.sessions import (
+    CrashedSession,
+    SessionEvent,
+    SessionInfo,
+    SessionTable,
+    WorkflowPlan,
+    decode_event,
+    encode_event,
+    encode_session_file,
+    make_event,
+    new_session_id,
+)
 from wfstate.statetable import (
     DEFAULT_CACHE_BYTES,
     BatchLogger,
@@ -148,6 +167,7 @@ class LocalStore(TableStore):
         fs: FileSystem,
         upgrades: SchemaUpgrades,
         policy: CheckpointPolicy,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         super().__init__(table, clock=clock, name=path)
         self._log = log
@@ -168,6 +188,10 @@ class LocalStore(TableStore):
         # finished under the writers' lock: rolled forward at its next tenure (_held)
         self._unfinished: list[Txn] = []
         self._poison: BaseException | None = None  # a transaction's finish failed
+        self._sessions = SessionTable()  # folded from the log (docs/format.md §11)
+        self._owned: dict[str, Session] = {}  # sessions this handle owns (holds the lock of)
+        self._lock_timeout = float(lock_timeout)
+        self._call = threading.local()  # .session: the Session of the commit on this thread
 
     @classmethod
     def open(
@@ -246,6 +270,7 @@ class LocalStore(TableStore):
                 fs=fs,
                 upgrades=upgrades,
                 policy=checkpoints,
+                lock_timeout=lock_timeout,
             )
             stores.append(store)
             if log.anchor:
@@ -261,15 +286,22 @@ class LocalStore(TableStore):
     # -- the Store hooks ----------------------------------------------------------------------
     @contextmanager
     def _writing(self) -> Iterator[BatchLogger]:
+        session: Session | None = getattr(self._call, "session", None)
         with self._held() as writer:
+            owner = None
+            if session is not None:  # fencing (docs/format.md §11.2): caught up, no LSN yet
+                self._sessions.check_owner(session.id, session.token)
+                owner = (session.id, session.token)
 
             def log_batch(stamped: list[Mutation]) -> tuple[int, int]:
-                payload = encode_mutations(stamped)
+                payload = encode_mutations(stamped, session=owner)
                 try:
                     lsn = writer.enqueue(payload, record_type=RECORD_BATCH)
                 except ValidationError as exc:  # too large: name the input, not the log's
                     raise ValidationError("mutations", exc.message) from exc
                 self._logged_bytes += len(payload)
+                if owner is not None:
+                    self._sessions.note_batch(owner[0], (w for _op, w in mutation_targets(stamped)))
                 return lsn, len(payload)
 
             yield log_batch
@@ -292,6 +324,8 @@ class LocalStore(TableStore):
     def close(self) -> None:
         """Sync and release the store (its log and lock handle); idempotent."""
         if self._mark_closed():
+            for session in list(self._owned.values()):
+                session.close()
             self._log.close()
 
     def __enter__(self) -> LocalStore:
@@ -306,6 +340,11 @@ class LocalStore(TableStore):
         payload = record.payload
         try:
             if record.type == RECORD_BATCH:
+                owner = batch_session(payload)
+                if owner is not None:
+                    self._sessions.note_batch(
+                        owner[0], (w for _op, w in batch_targets(payload, upgrades=self._upgrades))
+                    )
                 self._table.replay(
                     batch_targets(payload, upgrades=self._upgrades),
                     record.lsn,
@@ -322,6 +361,8 @@ class LocalStore(TableStore):
                 self._take_anchor(payload, skipped=False)
             elif record.type == RECORD_TXN:
                 self._take_txn(decode_txn(payload))
+            elif record.type == RECORD_SESSION:
+                self._sessions.apply(decode_event(payload))
             else:
                 raise ValidationError("type", f"{record.type} is not a record type of a store")
         except (ValidationError, NotFoundError) as exc:
@@ -341,6 +382,7 @@ class LocalStore(TableStore):
         except ValidationError as exc:
             raise CorruptionError(self._log.path, 0, f"the anchor does not apply: {exc}") from exc
         self._index.reset(anchor.checkpoints)
+        self._sessions.reset(anchor.sessions)
         if skipped:
             self._recent.clear()
         self._logged_bytes = 0
@@ -351,9 +393,11 @@ class LocalStore(TableStore):
         transaction is noted as possibly unfinished (its decider may have died between the
         decision and the renames): the next tenure of this handle rolls it forward (``_held``).
         Called by the log, whose lock is held: no file is touched here. The ``sessions``
-        events it may carry are not applied yet (there is no session layer)."""
+        events it carries (an ``end``, §11.1) are folded into the session table."""
         for info in txn.checkpoints:
             self._index.add(info)
+        for raw in txn.sessions:
+            self._sessions.apply(decode_event(bytes(raw), versioned=False))
         self._unfinished.append(txn)
 
     def _materialize(
@@ -784,6 +828,7 @@ class LocalStore(TableStore):
                         for w, (origin, _floor) in sorted(live.items())
                     ),
                     checkpoints=tuple(sorted(self._index.all(), key=lambda i: i.id)),
+                    sessions=self._sessions.snapshot(),
                 )
                 payload = encode_anchor(anchor)
                 writer.start_segment()
@@ -951,10 +996,16 @@ class LocalStore(TableStore):
         self,
         participants: Sequence[Participant],
         checkpoints: Sequence[tuple[CheckpointInfo, WorkflowState]] = (),
+        sessions: Sequence[SessionEvent] = (),
     ) -> str:
         """Replace ``participants`` and commit the entries of ``checkpoints`` (each with the
-        state its file holds, each file among the participants) in one transaction
-        (docs/format.md §10.1); return its id once decided and finished.
+        state its file holds, each file among the participants) and the session events
+        ``sessions`` (docs/format.md §11.1) in one transaction (docs/format.md §10.1); return
+        its id once decided and finished.
+
+        An event is checked under the writers' lock, caught up, before the decision: an ``end``
+        whose token is not the session's current one, or of an ended session, raises
+        ``StaleOwnerError`` and the transaction is abandoned (nothing changed).
 
         Prepare (outside every lock): ``ValidationError`` for bad input, ``TransactionError``
         for a failure while writing the temp files; nothing changed either way. Decide (store
@@ -967,15 +1018,21 @@ class LocalStore(TableStore):
         call) and reopening rolls the transaction forward.
         """
         infos = [info for info, _state in checkpoints]
-        txn = prepare(self._fs, self.path, participants, checkpoints=infos)
+        events = [encode_event(event, versioned=False) for event in sessions]
+        txn = prepare(self._fs, self.path, participants, checkpoints=infos, sessions=events)
         decided = False
         try:
             with self._mutex:
                 self._check_open()
                 with self._held() as writer:
+                    for event in sessions:
+                        if event.event != "start":
+                            self._sessions.check_owner(event.id, event.token)
                     writer.enqueue(encode_txn(txn), record_type=RECORD_TXN)
                     writer.sync()  # the commit point
                     decided = True
+                    for event in sessions:
+                        self._sessions.apply(event)
                     for info, state in checkpoints:
                         self._index.add(info)
                         self._bad.pop(info.id, None)
@@ -1108,6 +1165,265 @@ class LocalStore(TableStore):
             )
         return stamped_with(decoded.state, decoded.lsn)
 
+    # -- sessions (docs/format.md §11) --------------------------------------------------------
+    def commit(self, batch: Sequence[Mutation], *, session: Session | None = None) -> int:
+        """Apply ``batch`` atomically and durably; return its LSN (wfstate.store.Store). With
+        ``session``, the batch is written in it (docs/format.md §11.2): under the writers'
+        lock, after catching up and before an LSN is assigned, ``StaleOwnerError`` if the
+        session was taken over (its token is no longer ``session.token``) or has ended, and
+        nothing is written. ``ValidationError("session")`` for a handle of another store or
+        one closed/ended."""
+        with self._in_session(session):
+            return super().commit(batch)
+
+    def save(self, state: WorkflowState, *, session: Session | None = None) -> int:
+        """As the base; with ``session`` fenced as :meth:`commit`."""
+        with self._in_session(session):
+            return super().save(state)
+
+    def delete(self, workflow_id: str, *, session: Session | None = None) -> int:
+        """As the base; with ``session`` fenced as :meth:`commit`."""
+        with self._in_session(session):
+            return super().delete(workflow_id)
+
+    @contextmanager
+    def _in_session(self, session: Session | None) -> Iterator[None]:
+        if session is not None:
+            self._check_handle(session)
+        self._call.session = session
+        try:
+            yield
+        finally:
+            self._call.session = None
+
+    def _check_handle(self, session: object) -> Session:
+        if not isinstance(session, Session) or session.store is not self:
+            raise ValidationError("session", "must be a Session of this store handle")
+        if session.closed:
+            raise ValidationError("session", f"the handle of {session.id} is closed or ended")
+        return session
+
+    def start_session(self, user: str, metadata: Mapping[str, Any] | None = None) -> Session:
+        """Start a session of ``user`` (an id) with JSON-like ``metadata`` and own it: its lock
+        ``sessions/<id>.lock`` is taken and held until the handle is ended or closed, and its
+        ``start`` record (token 1) is durable before this returns, whatever the durability
+        level. ``ValidationError`` naming ``user`` / ``metadata``, before anything is written.
+        """
+        validate_id(user, "user")
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, Mapping):
+            raise ValidationError("metadata", f"must be a mapping or None, not {metadata!r}")
+        data = dict(metadata)
+        validate_json(data, "metadata")
+        session_id = new_session_id()
+        event = make_event(session_id, "start", 1, user=user, metadata=data)
+        try:
+            encode_event(event)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValidationError("metadata", f"cannot be encoded: {exc}") from exc
+        lock = self._take_session_lock(session_id, 0.0)  # a fresh id: nobody holds it
+        try:
+            self._append_session_event(session_id, lambda _info: event)
+        except BaseException:
+            self._release_session_lock(lock)
+            raise
+        return self._own(session_id, user, 1, lock)
+
+    def resume_session(self, session_id: str) -> Session:
+        """Take over ``session_id``, whose owner died (docs/format.md §11.2): take its lock
+        within ``lock_timeout`` (else ``LockTimeoutError``: its owner is alive), then append a
+        ``resume`` record with the next token, durable before this returns. From then on every
+        write of the previous owner is refused (``StaleOwnerError``). ``ValidationError``
+        naming ``session_id`` for a malformed id, an ended session or one this handle owns;
+        ``NotFoundError`` for a session the log does not know."""
+        if not is_session_id(session_id):
+            raise ValidationError("session_id", f"not a session id: {session_id!r}")
+        if session_id in self._owned:
+            raise ValidationError("session_id", f"{session_id} is owned by this handle")
+        self._resumable(self._session_info(session_id))
+        lock = self._take_session_lock(session_id, self._lock_timeout)
+        try:
+
+            def resume(info: SessionInfo | None) -> SessionEvent:
+                info = self._resumable(info, session_id)
+                return make_event(session_id, "resume", info.token + 1)
+
+            event = self._append_session_event(session_id, resume)
+            info = self._sessions.get(session_id)
+            assert info is not None
+        except BaseException:
+            self._release_session_lock(lock)
+            raise
+        return self._own(session_id, info.user, event.token, lock)
+
+    def _resumable(self, info: SessionInfo | None, session_id: str = "") -> SessionInfo:
+        if info is None:
+            raise NotFoundError(f"session_id: no session {session_id!r}")
+        if info.status == "ended":
+            raise ValidationError("session_id", f"{info.id} has ended; it cannot be resumed")
+        return info
+
+    def _session_info(self, session_id: str) -> SessionInfo:
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            info = self._sessions.get(session_id)
+        if info is None:
+            raise NotFoundError(f"session_id: no session {session_id!r}")
+        return info
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every session the log knows (active or ended), sorted by id."""
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            return list(self._sessions.snapshot())
+
+    def detect_crashed_sessions(self) -> list[CrashedSession]:
+        """The sessions the log says are active whose lock nobody holds (their owner died),
+        sorted by id, each with a plan per workflow it wrote (:class:`WorkflowPlan`, from the
+        workflow's durable state: its in-doubt ``running`` steps and last completed step).
+        The lock is probed by taking and at once releasing it; a session a live process owns
+        (this handle included) is never listed. A session whose owner dies or resumes it
+        during the probe may be listed or not: take it over with :meth:`resume_session`,
+        which waits for its lock."""
+        crashed = []
+        for info in self.sessions():
+            if info.status != "active" or info.id in self._owned:
+                continue
+            handle = self._fs.open_lock(self._session_lock_path(info.id))
+            try:
+                free = self._fs.try_lock(handle)
+                if free:
+                    self._fs.unlock(handle)
+            finally:
+                self._fs.close_lock(handle)
+            if free:
+                plans = tuple(self._plan(w) for w in info.workflows)
+                crashed.append(CrashedSession(session=info, workflows=plans))
+        return crashed
+
+    def _plan(self, workflow_id: str) -> WorkflowPlan:
+        with self._mutex:
+            self._check_open()
+            state = self._current(workflow_id)
+        if state is None:
+            return WorkflowPlan(
+                workflow_id=workflow_id,
+                last_completed=None,
+                in_doubt=(),
+                action="none",
+                estimated_loss=0,
+            )
+        self._wait_durable(state.metadata.last_lsn)
+        in_doubt = tuple(step.id for step in state.workflow.steps if step.status == "running")
+        done = [step for step in state.workflow.steps if step.status == "completed"]
+        last = max(done, key=lambda step: step.ended_at or 0.0).id if done else None
+        return WorkflowPlan(
+            workflow_id=workflow_id,
+            last_completed=last,
+            in_doubt=in_doubt,
+            action="rerun_in_doubt" if in_doubt else "continue",
+            estimated_loss=len(in_doubt),
+        )
+
+    def end_session(self, session: Session, final_checkpoint: bool = True) -> str:
+        """End ``session`` in ONE transaction (docs/format.md §10, §11.1): with
+        ``final_checkpoint`` a full checkpoint (type ``manual``) of each live workflow it
+        wrote, the workflow state file of each, the session record file
+        ``sessions/<id>.session`` and the ``end`` event, embedded in the ``TXN`` record. After
+        any crash either all of it happened or none. Then the session accepts no more writes
+        (``StaleOwnerError``) and its lock is released. Returns the transaction id.
+
+        ``StaleOwnerError`` if the session was taken over or has ended (checked again under
+        the writers' lock before the decision; nothing changed). The states are read before
+        the transaction: do not write in the session concurrently with ending it.
+        """
+        session = self._check_handle(session)
+        if not isinstance(final_checkpoint, bool):
+            raise ValidationError("final_checkpoint", f"must be a bool, not {final_checkpoint!r}")
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            info = self._sessions.check_owner(session.id, session.token)
+            states: list[tuple[int, WorkflowState]] = []
+            for workflow_id in info.workflows:
+                state = self._current(workflow_id)
+                origin = self._table.origin(workflow_id)
+                if state is not None and origin is not None:
+                    states.append((origin, state))
+            created = self._clock()
+        participants: list[Participant] = []
+        checkpoints: list[tuple[CheckpointInfo, WorkflowState]] = []
+        for origin, state in states:
+            name = f"{WORKFLOWS_DIR}/{state.workflow.id}{WORKFLOW_STATE_SUFFIX}"
+            participants.append(Participant(name, self._full_file(origin, state)[0]))
+            if final_checkpoint:
+                data, ck = self._full_file(origin, state, created=created)
+                participants.append(Participant(f"{CHECKPOINTS_DIR}/{ck.file}", data))
+                checkpoints.append((ck, state))
+        event = make_event(session.id, "end", session.token)
+        ended = msgspec.structs.replace(info, status="ended", ended=event.at)
+        participants.append(
+            Participant(
+                f"{SESSIONS_DIR}/{session.id}{SESSION_FILE_SUFFIX}", encode_session_file(ended)
+            )
+        )
+        txn_id = self._transact(participants, checkpoints, sessions=[event])
+        session.close()
+        return txn_id
+
+    def _append_session_event(
+        self, session_id: str, build: Callable[[SessionInfo | None], SessionEvent]
+    ) -> SessionEvent:
+        """Append the ``SESSION`` record ``build`` makes from the session as of the log (under
+        the writers' lock, caught up), fold it and sync it before returning."""
+        with self._mutex:
+            self._check_open()
+            with self._held() as writer:
+                event = build(self._sessions.get(session_id))
+                writer.enqueue(encode_event(event), record_type=RECORD_SESSION)
+                writer.sync()
+                self._sessions.apply(event)
+        return event
+
+    def _session_lock_path(self, session_id: str) -> str:
+        return os.path.join(self.path, SESSIONS_DIR, session_id + SESSION_LOCK_SUFFIX)
+
+    def _take_session_lock(self, session_id: str, timeout: float) -> object:
+        """Take the lock of ``session_id``, polling up to ``timeout`` seconds, else
+        ``LockTimeoutError`` (its owner is alive)."""
+        handle = self._fs.open_lock(self._session_lock_path(session_id))
+        deadline = time.monotonic() + timeout
+        try:
+            while not self._fs.try_lock(handle):
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"session {session_id}: its lock was not free within {timeout} s "
+                        "(lock_timeout): its owner is alive"
+                    )
+                time.sleep(0.01)
+        except BaseException:
+            self._fs.close_lock(handle)
+            raise
+        return handle
+
+    def _release_session_lock(self, handle: object) -> None:
+        try:
+            self._fs.unlock(handle)
+        finally:
+            self._fs.close_lock(handle)
+
+    def _own(self, session_id: str, user: str, token: int, lock: object) -> Session:
+        session = Session(self, session_id, user, token, lock)
+        self._owned[session_id] = session
+        return session
+
+    def _disown(self, session: Session) -> None:
+        if self._owned.get(session.id) is session:
+            del self._owned[session.id]
+
     # -- automatic checkpoints ----------------------------------------------------------------
     def _committed(self, stamped: Sequence[Mutation], lsn: int) -> None:
         policy = self._policy
@@ -1153,6 +1469,46 @@ class LocalStore(TableStore):
                 _LOG.warning("automatic compaction failed: %s", exc)
 
 
+class Session:
+    """A handle on a session this store handle owns (docs/format.md §11): ``id``, ``user``,
+    ``token`` (the fencing token its writes carry), ``store``. Pass it as ``session=`` to
+    ``commit``/``save``/``delete``; :meth:`end` ends the session, :meth:`close` only gives up
+    ownership (releases its lock, as a crash would: the session stays active in the log and
+    another handle can take it over with ``resume_session``). Either way the handle is then
+    unusable."""
+
+    def __init__(self, store: LocalStore, session_id: str, user: str, token: int, lock: object):
+        self.store = store
+        self.id = session_id
+        self.user = user
+        self.token = token
+        self._lock: object | None = lock
+
+    @property
+    def closed(self) -> bool:
+        return self._lock is None
+
+    def end(self, final_checkpoint: bool = True) -> str:
+        """``store.end_session(self, final_checkpoint)``."""
+        return self.store.end_session(self, final_checkpoint)
+
+    def close(self) -> None:
+        """Release the session's lock (idempotent); the session stays active in the log."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            self.store._disown(self)
+            self.store._release_session_lock(lock)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r}, user={self.user!r}, token={self.token})"
+
+
 class _LogMovedOn(Exception):
     """A batch to replay was discarded by another process after this one caught up."""
 
@@ -1167,6 +1523,7 @@ _KIND: Final = {
     RECORD_CHECKPOINT_DROP: "checkpoint drop",
     RECORD_DISCARD: "discard record",
     RECORD_TXN: "transaction record",
+    RECORD_SESSION: "session record",
 }
 
 _TYPES: Final = frozenset({"manual", "automatic", "pre_step", "post_step", "error", "compaction"})
