@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Final, Literal, TypeAlias, TypeVar
+from typing import Final, Literal, TypeAlias
 
 import msgspec
 
-from wfstate.errors import SchemaVersionError, ValidationError
+from wfstate.errors import ValidationError
 from wfstate.format import is_checkpoint_id
+from wfstate.payload import ENCODER, decode_versioned
 from wfstate.sessions import SessionInfo
 
 CheckpointType: TypeAlias = Literal[
@@ -95,36 +96,13 @@ class _AnchorDocument(Anchor, frozen=True, kw_only=True, omit_defaults=True):
     v: int
 
 
-class _Versioned(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    v: int
-
-
-_ENCODER: Final = msgspec.msgpack.Encoder(order="sorted")
-
-
-_T = TypeVar("_T")
-
-
-def _decode(data: bytes, kind: type[_T], what: str) -> _T:
-    try:
-        version = msgspec.msgpack.decode(data, type=_Versioned).v
-    except msgspec.DecodeError as exc:
-        raise ValidationError(what, f"malformed: {exc}") from exc
-    if version > ENTRY_VERSION:
-        raise SchemaVersionError(what, version, supported=ENTRY_VERSION, oldest=ENTRY_VERSION)
-    try:
-        return msgspec.msgpack.decode(data, type=kind)
-    except msgspec.DecodeError as exc:
-        raise ValidationError(what, f"malformed: {exc}") from exc
-
-
 def encode_entry(info: CheckpointInfo) -> bytes:
     """The ``CHECKPOINT`` record payload of ``info``."""
-    return _ENCODER.encode(_Entry(v=ENTRY_VERSION, **msgspec.structs.asdict(info)))
+    return ENCODER.encode(_Entry(v=ENTRY_VERSION, **msgspec.structs.asdict(info)))
 
 
 def decode_entry(data: bytes) -> CheckpointInfo:
-    entry = _decode(data, _Entry, "checkpoint")
+    entry = decode_versioned(data, _Entry, "checkpoint", ENTRY_VERSION)
     fields = msgspec.structs.asdict(entry)
     del fields["v"]
     return check_entry(CheckpointInfo(**fields))
@@ -132,16 +110,16 @@ def decode_entry(data: bytes) -> CheckpointInfo:
 
 def encode_drop(ids: Sequence[str]) -> bytes:
     """The ``CHECKPOINT_DROP`` record payload naming ``ids``."""
-    return _ENCODER.encode(_Drop(v=ENTRY_VERSION, ids=tuple(ids)))
+    return ENCODER.encode(_Drop(v=ENTRY_VERSION, ids=tuple(ids)))
 
 
 def decode_drop(data: bytes) -> tuple[str, ...]:
-    return _decode(data, _Drop, "checkpoint_drop").ids
+    return decode_versioned(data, _Drop, "checkpoint_drop", ENTRY_VERSION).ids
 
 
 def encode_anchor(anchor: Anchor) -> bytes:
     """The ``DISCARD`` record payload (and ``wal/START`` anchor) of ``anchor``."""
-    return _ENCODER.encode(
+    return ENCODER.encode(
         _AnchorDocument(
             v=ENTRY_VERSION,
             workflows=anchor.workflows,
@@ -152,7 +130,7 @@ def encode_anchor(anchor: Anchor) -> bytes:
 
 
 def decode_anchor(data: bytes) -> Anchor:
-    document = _decode(data, _AnchorDocument, "anchor")
+    document = decode_versioned(data, _AnchorDocument, "anchor", ENTRY_VERSION)
     for info in document.checkpoints:
         check_entry(info)
     return Anchor(

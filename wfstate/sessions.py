@@ -22,14 +22,13 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
 from wfstate.errors import (
     CorruptionError,
     FormatVersionError,
-    SchemaVersionError,
     StaleOwnerError,
     ValidationError,
 )
@@ -43,6 +42,7 @@ from wfstate.format import (
     xxh3,
 )
 from wfstate.ids import validate_id
+from wfstate.payload import ENCODER, decode_versioned
 
 SESSION_VERSION: Final = 1
 """Layout version of the ``SESSION`` payload and of the session record file's payload."""
@@ -85,14 +85,6 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     workflows: tuple[str, ...]
 
 
-class _Versioned(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    v: int
-
-
-_ENCODER: Final = msgspec.msgpack.Encoder(order="sorted")
-_T = TypeVar("_T")
-
-
 def new_session_id() -> str:
     """A fresh session id: ``se-`` and 16 random lowercase hex digits."""
     return f"se-{secrets.token_hex(8)}"
@@ -123,21 +115,8 @@ def encode_event(event: SessionEvent, *, versioned: bool = True) -> bytes:
     """The ``SESSION`` record payload of ``event`` (with ``v``), or its map as embedded in a
     ``TXN`` record (``versioned=False``: without ``v``, which the ``TXN`` record's covers)."""
     if not versioned:
-        return _ENCODER.encode(event)
-    return _ENCODER.encode(_EventDocument(v=SESSION_VERSION, **msgspec.structs.asdict(event)))
-
-
-def _decode_versioned(data: bytes, kind: type[_T], what: str) -> _T:
-    try:
-        version = msgspec.msgpack.decode(data, type=_Versioned).v
-    except msgspec.DecodeError as exc:
-        raise ValidationError(what, f"malformed: {exc}") from exc
-    if version > SESSION_VERSION:
-        raise SchemaVersionError(what, version, supported=SESSION_VERSION, oldest=SESSION_VERSION)
-    try:
-        return msgspec.msgpack.decode(data, type=kind)
-    except msgspec.DecodeError as exc:
-        raise ValidationError(what, f"malformed: {exc}") from exc
+        return ENCODER.encode(event)
+    return ENCODER.encode(_EventDocument(v=SESSION_VERSION, **msgspec.structs.asdict(event)))
 
 
 def decode_event(data: bytes, *, versioned: bool = True) -> SessionEvent:
@@ -145,7 +124,7 @@ def decode_event(data: bytes, *, versioned: bool = True) -> SessionEvent:
     ``SchemaVersionError`` for a newer ``v``, ``ValidationError`` (field ``session...``) for
     anything malformed or that no writer produces."""
     if versioned:
-        document = _decode_versioned(data, _EventDocument, "session")
+        document = decode_versioned(data, _EventDocument, "session", SESSION_VERSION)
         fields = msgspec.structs.asdict(document)
         del fields["v"]
         event = SessionEvent(**fields)
@@ -265,7 +244,7 @@ class _RecordPayload(msgspec.Struct, frozen=True, kw_only=True):
 def encode_session_file(info: SessionInfo) -> bytes:
     """The bytes of ``sessions/<id>.session`` for ``info``: the 32-byte header (magic,
     format version, length, payload and header checksums), then the payload map."""
-    payload = _ENCODER.encode(
+    payload = ENCODER.encode(
         _RecordPayload(
             ended=info.ended,
             id=info.id,
@@ -305,7 +284,7 @@ def decode_session_file(data: bytes, path: str) -> SessionInfo:
     if xxh3(payload) != payload_checksum:
         raise CorruptionError(path, SESSION_HEADER_SIZE, "payload checksum mismatch")
     try:
-        record = _decode_versioned(payload, _RecordPayload, "session_file")
+        record = decode_versioned(payload, _RecordPayload, "session_file", SESSION_VERSION)
     except ValidationError as exc:
         raise CorruptionError(path, SESSION_HEADER_SIZE, str(exc)) from exc
     return SessionInfo(

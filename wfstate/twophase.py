@@ -51,9 +51,10 @@ from typing import Final, NamedTuple
 import msgspec
 
 from wfstate.checkpointindex import CheckpointInfo, check_entry
-from wfstate.errors import CorruptionError, SchemaVersionError, TransactionError, ValidationError
+from wfstate.errors import CorruptionError, TransactionError, ValidationError
 from wfstate.format import CHECKPOINTS_DIR, TXN_DIRS, is_txn_id, xxh3
 from wfstate.fs import FileSystem, temp_name
+from wfstate.payload import ENCODER, decode_versioned
 
 TXN_VERSION: Final = 1
 """Layout version of the ``TXN`` payload (docs/format.md §10.2)."""
@@ -94,13 +95,6 @@ class Txn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 class _Document(Txn, frozen=True, kw_only=True, omit_defaults=True):
     v: int
-
-
-class _Versioned(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    v: int
-
-
-_ENCODER: Final = msgspec.msgpack.Encoder(order="sorted")
 
 
 def new_txn_id() -> str:
@@ -362,7 +356,7 @@ def undecided_temps(fs: FileSystem, directory: str) -> list[str]:
 
 def encode_txn(txn: Txn) -> bytes:
     """The ``TXN`` record payload of ``txn`` (docs/format.md §10.2), keys sorted."""
-    return _ENCODER.encode(
+    return ENCODER.encode(
         _Document(
             checkpoints=txn.checkpoints,
             files=txn.files,
@@ -379,16 +373,7 @@ def decode_txn(data: bytes) -> Txn:
     form, files not sorted by path or named twice, a path or temp name outside the rules, a
     size or checksum out of range, a checkpoint entry that is invalid or names no file of the
     record."""
-    try:
-        version = msgspec.msgpack.decode(data, type=_Versioned).v
-    except msgspec.DecodeError as exc:
-        raise ValidationError("txn", f"malformed: {exc}") from exc
-    if version > TXN_VERSION:
-        raise SchemaVersionError("txn", version, supported=TXN_VERSION, oldest=TXN_VERSION)
-    try:
-        document = msgspec.msgpack.decode(data, type=_Document)
-    except msgspec.DecodeError as exc:
-        raise ValidationError("txn", f"malformed: {exc}") from exc
+    document = decode_versioned(data, _Document, "txn", TXN_VERSION)
     if not is_txn_id(document.id):
         raise ValidationError("txn.id", f"not a transaction id: {document.id!r}")
     if not document.files:
