@@ -532,14 +532,19 @@ class CheckpointDriver:
 
 
 @dataclass
-class CheckpointOutcome:
-    """What exploring a checkpoint workload found; every list is expected to stay empty."""
+class CrashOutcome:
+    """What exploring a crash workload found, by kind of violation (``kinds``, in report
+    order); every list is expected to stay empty."""
 
     workload: str
+    kinds: tuple[str, ...]
     states: Counter[str] = field(default_factory=Counter)
     crash_points: int = 0
     states_with_violations: int = 0
-    found: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in CK_VIOLATIONS})
+    found: dict[str, list[str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.found = {k: [] for k in self.kinds}
 
     @property
     def total_states(self) -> int:
@@ -550,15 +555,15 @@ class CheckpointOutcome:
         return sum(len(v) for v in self.found.values())
 
     def problems(self, limit: int = 20) -> list[str]:
-        return [p for kind in CK_VIOLATIONS for p in self.found[kind]][:limit]
+        return [p for kind in self.kinds for p in self.found[kind]][:limit]
 
 
 def explore_checkpoints(
     workload: CheckpointWorkload, *, stride: int = 1, points: Sequence[int] | None = None
-) -> CheckpointOutcome:
+) -> CrashOutcome:
     """Check every crash state at every ``stride``-th crash point of the workload's trace (or
     at ``points``)."""
-    out = CheckpointOutcome(workload.name)
+    out = CrashOutcome(workload.name, tuple(CK_VIOLATIONS))
     for at in workload.fs.crash_points()[::stride] if points is None else points:
         out.crash_points += 1
         for label, disk in workload.fs.crash_states(at):

@@ -26,8 +26,8 @@ from tests.crashcheck import (
     BROKEN_VARIANTS,
     CK_VIOLATIONS,
     QUICK_WORKLOADS,
-    CheckpointOutcome,
     CheckpointWorkload,
+    CrashOutcome,
     NoCheckpointDirSyncFS,
     NoCheckpointFileSyncFS,
     Outcome,
@@ -85,7 +85,7 @@ CK_WORKLOADS: dict[str, Callable[[], CheckpointWorkload]] = {
 }
 
 
-def _ck_row(name: str, o: CheckpointOutcome, seconds: float) -> str:
+def _ck_row(name: str, o: CrashOutcome, seconds: float) -> str:
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(o.states.items()))
     order = [
         "acknowledged batches lost",

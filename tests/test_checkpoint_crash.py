@@ -31,8 +31,8 @@ import pytest
 
 from tests.crashcheck import (
     CK_VIOLATIONS,
-    CheckpointOutcome,
     CheckpointWorkload,
+    CrashOutcome,
     NoCheckpointDirSyncFS,
     NoCheckpointFileSyncFS,
     checkpoints_large,
@@ -49,7 +49,7 @@ def _figures(w: CheckpointWorkload) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(w.figures.items()))
 
 
-def _report(w: CheckpointWorkload, o: CheckpointOutcome) -> str:
+def _report(w: CheckpointWorkload, o: CrashOutcome) -> str:
     return (
         f"{w.name}: {o.total_states} crash states at {o.crash_points} crash points "
         f"({len(w.batch_lsns)} batches, {len(w.seen)} checkpoints; {_figures(w)}); "
@@ -57,7 +57,7 @@ def _report(w: CheckpointWorkload, o: CheckpointOutcome) -> str:
     )
 
 
-def _assert_clean(o: CheckpointOutcome) -> None:
+def _assert_clean(o: CrashOutcome) -> None:
     assert o.violations == 0, "\n".join(o.problems())
 
 

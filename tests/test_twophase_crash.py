@@ -28,13 +28,20 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
 import pytest
 
-from tests.crashcheck import CK_CLOCK, CK_STORE, open_sim_store, state_bytes, store_plan
+from tests.crashcheck import (
+    CK_CLOCK,
+    CK_STORE,
+    CrashOutcome,
+    open_sim_store,
+    state_bytes,
+    store_plan,
+)
 from tests.simfs import SimFileSystem
 from wfstate.backends.local import LocalStore
 from wfstate.backends.memory import MemoryStore
@@ -321,27 +328,8 @@ def tx_large() -> TxnWorkload:
     return d.finish()
 
 
-@dataclass
-class TxnOutcome:
-    workload: str
-    states: Counter[str] = field(default_factory=Counter)
-    crash_points: int = 0
-    found: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
-
-    @property
-    def total_states(self) -> int:
-        return sum(self.states.values())
-
-    @property
-    def violations(self) -> int:
-        return sum(len(v) for v in self.found.values())
-
-    def problems(self, limit: int = 20) -> list[str]:
-        return [p for kind in KINDS for p in self.found[kind]][:limit]
-
-
-def explore(w: TxnWorkload, *, stride: int = 1) -> TxnOutcome:
-    out = TxnOutcome(w.name)
+def explore(w: TxnWorkload, *, stride: int = 1) -> CrashOutcome:
+    out = CrashOutcome(w.name, tuple(KINDS))
     for at in w.fs.crash_points()[::stride]:
         out.crash_points += 1
         for label, disk in w.fs.crash_states(at):
@@ -440,7 +428,7 @@ def check_state(w: TxnWorkload, disk: SimFileSystem, at: int) -> list[tuple[str,
     return found
 
 
-def _report(w: TxnWorkload, o: TxnOutcome) -> str:
+def _report(w: TxnWorkload, o: CrashOutcome) -> str:
     figures = ", ".join(f"{k} {v}" for k, v in sorted(w.figures.items()))
     return (
         f"{w.name}: {o.total_states} crash states at {o.crash_points} crash points "
