@@ -943,6 +943,13 @@ class LogWriter:
         self._new_segment = False
         return lsn
 
+    @property
+    def next_lsn(self) -> int:
+        """The LSN the next :meth:`enqueue` of this block will give (the writers' lock is
+        held, so no other writer can take it first): for content that must name its own
+        record's LSN before the record is queued (a transaction's files, docs/format.md §10)."""
+        return self._log._next_lsn
+
     def sync(self) -> None:
         """Write every record queued so far and make it durable now, under any durability
         level, keeping the writers' lock (this block still holds it).
