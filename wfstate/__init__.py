@@ -3,6 +3,7 @@
 The public surface is re-exported here; everything else is internal and may change.
 """
 
+from wfstate.api import WorkflowStore, open_store
 from wfstate.backends.local import LocalStore, Session
 from wfstate.backends.memory import MemoryStore
 from wfstate.checkpointindex import CheckpointInfo, CheckpointType
@@ -13,6 +14,7 @@ from wfstate.checkpointreports import (
     RecoverySuggestion,
     StoreStats,
 )
+from wfstate.config import PRESETS, StoreConfig, resolve_config
 from wfstate.errors import (
     BackendError,
     ClosedError,
@@ -29,7 +31,7 @@ from wfstate.errors import (
     WfstateError,
 )
 from wfstate.format import FORMAT_VERSION
-from wfstate.model import SCHEMA_VERSION, WorkflowState, WorkflowStep
+from wfstate.model import SCHEMA_VERSION, WorkflowContext, WorkflowState, WorkflowStep
 from wfstate.mutations import (
     CreateWorkflow,
     DeleteWorkflow,
@@ -59,6 +61,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FORMAT_VERSION",
     "MANUAL_ONLY",
+    "PRESETS",
     "SCHEMA_VERSION",
     "BackendError",
     "CheckpointCheck",
@@ -97,6 +100,7 @@ __all__ = [
     "SetWorkflowStatus",
     "StaleOwnerError",
     "Store",
+    "StoreConfig",
     "StorePoisonedError",
     "StoreStats",
     "TornWriteError",
@@ -104,8 +108,12 @@ __all__ = [
     "UpdateContext",
     "ValidationError",
     "WfstateError",
+    "WorkflowContext",
     "WorkflowPlan",
     "WorkflowState",
     "WorkflowStep",
+    "WorkflowStore",
     "__version__",
+    "open_store",
+    "resolve_config",
 ]

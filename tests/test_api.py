@@ -1,0 +1,249 @@
+"""WorkflowStore and open_store: every method over the engine, errors typed and raised before
+anything is written, presets reaching the store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wfstate import (
+    CheckpointPolicy,
+    ClosedError,
+    LocalStore,
+    NotFoundError,
+    Session,
+    StaleOwnerError,
+    ValidationError,
+    WorkflowContext,
+    WorkflowStep,
+)
+from wfstate.api import WorkflowStore, open_store
+from wfstate.checkpointpolicy import MANUAL_ONLY
+from wfstate.config import PRESETS
+
+STEPS = (
+    WorkflowStep(id="fetch", name="Fetch", agent_id="reader"),
+    WorkflowStep(id="report", name="Report", dependencies=("fetch",)),
+)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[WorkflowStore]:
+    with open_store(str(tmp_path / "store"), checkpoints=MANUAL_ONLY) as opened:
+        yield opened
+
+
+def _last_lsn(api: WorkflowStore) -> int:
+    return api.stats().last_lsn
+
+
+def test_a_workflow_with_steps_agents_and_outputs_round_trips(
+    api: WorkflowStore, tmp_path: Path
+) -> None:
+    context = WorkflowContext(user_data={"customer": "acme"})
+    lsns = [
+        api.create_workflow("report-42", "Report", STEPS, context=context),
+        api.update_workflow("report-42", "running"),
+        api.update_step("report-42", "fetch", "running"),
+        api.update_agent("report-42", "reader", "busy", data={"page": 3}),
+        api.add_output("report-42", "fetch", {"rows": 10}, agent_id="reader"),
+        api.update_step("report-42", "fetch", "completed", output={"rows": 1200}),
+        api.update_step("report-42", "report", "skipped", error="nothing to report"),
+        api.update_workflow("report-42", "completed"),
+    ]
+    assert lsns == sorted(lsns) and len(set(lsns)) == len(lsns)
+    api.close()
+    with open_store(str(tmp_path / "store")) as reopened:
+        state = reopened.load("report-42")
+    assert state.metadata.last_lsn == lsns[-1]
+    assert state.workflow.status == "completed" and state.workflow.progress == 100.0
+    assert [s.status for s in state.workflow.steps] == ["completed", "skipped"]
+    assert state.workflow.steps[1].error == "nothing to report"
+    assert state.agents["reader"].status == "busy"
+    assert state.agents["reader"].data == {"page": 3}
+    outputs = state.outputs["fetch"]
+    assert [(o.version, o.agent_id, o.data) for o in outputs] == [
+        (1, "reader", {"rows": 10}),
+        (2, "reader", {"rows": 1200}),  # update_step's output: attributed to the step's agent
+    ]
+    assert state.context.user_data == {"customer": "acme"}
+
+
+def test_save_load_delete_and_list(api: WorkflowStore) -> None:
+    api.create_workflow("a", "A", STEPS)
+    state = api.load("a")
+    api.update_step("a", "fetch", "running")
+    lsn = api.save(state)  # whole state back: fetch is pending again
+    assert api.load("a").workflow.steps[0].status == "pending"
+    assert api.load("a").metadata.last_lsn == lsn
+    copy = state.__class__(
+        metadata=state.metadata,
+        workflow=state.workflow.__class__(id="b", name="B", steps=STEPS),
+    )
+    api.save(copy)  # creates "b"
+    assert api.list_workflows() == ["a", "b"]
+    api.delete("a")
+    assert api.list_workflows() == ["b"]
+    with pytest.raises(NotFoundError):
+        api.load("a")
+    with pytest.raises(NotFoundError):
+        api.delete("a")
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda api: api.update_step("w", "fetch", "completed"), "mutations[0].status"),
+        (lambda api: api.update_step("w", "nope", "running"), "mutations[0].step_id"),
+        (lambda api: api.update_step("w", "fetch", "done"), "mutations[0].status"),
+        (lambda api: api.update_workflow("w", "completed"), "mutations[0].status"),
+        (lambda api: api.update_agent("w", "a/b", "busy"), "mutations[0].agent_id"),
+        (lambda api: api.update_agent("w", "a", "busy", data=[1]), "data"),
+        (lambda api: api.add_output("w", "fetch", {"x": object()}), "mutations[0]"),
+        (lambda api: api.add_output("w", "fetch", float("nan")), "mutations[0].data"),
+        (lambda api: api.create_workflow("w", "again", STEPS), "mutations[0].workflow_id"),
+        (lambda api: api.create_workflow("v", "V", "fetch"), "steps"),
+        (
+            lambda api: api.create_workflow("v", "V", (WorkflowStep(id="x", name="x"),) * 2),
+            "mutations[0].steps[1].id",
+        ),
+        (lambda api: api.checkpoint("w", tags="milestone"), "tags"),
+        (lambda api: api.start_session("no/slash"), "user"),
+        (lambda api: api.checkpoints(limit=-1), "limit"),
+    ],
+)
+def test_bad_input_raises_validation_error_naming_the_field_and_writes_nothing(
+    api: WorkflowStore, call: object, field: str
+) -> None:
+    api.create_workflow("w", "W", STEPS)
+    before = _last_lsn(api)
+    with pytest.raises(ValidationError) as raised:
+        call(api)  # type: ignore[operator]
+    assert raised.value.field.startswith(field), raised.value
+    assert _last_lsn(api) == before
+    assert api.list_workflows() == ["w"]
+
+
+def test_an_absent_workflow_raises_not_found(api: WorkflowStore) -> None:
+    with pytest.raises(NotFoundError):
+        api.update_step("ghost", "fetch", "running")
+    with pytest.raises(NotFoundError):
+        api.checkpoint("ghost")
+    with pytest.raises(NotFoundError):
+        api.restore("ck-0000000000000000")
+    assert _last_lsn(api) == 0
+
+
+def test_checkpoint_restore_and_recovery_suggestions(api: WorkflowStore) -> None:
+    api.create_workflow("w", "W", STEPS)
+    api.update_step("w", "fetch", "running")
+    milestone = api.checkpoint("w", description="fetching", tags=["milestone"])
+    assert (milestone.description, milestone.tags, milestone.type) == (
+        "fetching",
+        ("milestone",),
+        "manual",
+    )
+    api.update_step("w", "fetch", "completed", output={"rows": 1})
+    later = api.checkpoint("w")
+    assert [c.id for c in api.checkpoints("w")] == [later.id, milestone.id]
+    assert api.checkpoints("w", tag="milestone") == [milestone]
+    assert api.recovery_suggestions("w").recommended == later
+    lsn = api.restore(milestone.id)
+    state = api.load("w")
+    assert state.metadata.last_lsn == lsn
+    assert state.workflow.steps[0].status == "running" and "fetch" not in state.outputs
+
+
+def test_writes_in_a_session_are_fenced_and_end_in_one_transaction(tmp_path: Path) -> None:
+    path = str(tmp_path / "store")
+    with open_store(path, checkpoints=MANUAL_ONLY) as owner:
+        session = owner.start_session("worker", {"host": "a"})
+        owner.create_workflow("w", "W", STEPS, session=session)
+        owner.update_step("w", "fetch", "running", session=session)
+        (info,) = owner.sessions()
+        assert (info.id, info.user, info.workflows) == (session.id, "worker", ("w",))
+        session.close()  # as a crash would: the session stays active, its lock is free
+        with open_store(path, checkpoints=MANUAL_ONLY) as other:
+            (crashed,) = other.crashed_sessions()
+            assert crashed.session.id == session.id
+            assert crashed.workflows[0].in_doubt == ("fetch",)
+            taken = other.resume_session(session.id)
+            assert taken.token == 2
+            # the first owner, unaware it was taken over, still writes with token 1
+            lock = owner.store._fs.open_lock(owner.store._session_lock_path(session.id))
+            late = Session(owner.store, session.id, "worker", 1, lock)
+            before = _last_lsn(owner)
+            with pytest.raises(StaleOwnerError):
+                owner.update_step("w", "fetch", "completed", session=late)
+            assert _last_lsn(owner) == before
+            late.close()
+            other.update_step("w", "fetch", "completed", session=taken)
+            assert other.end_session(taken)
+            assert other.sessions()[0].status == "ended"
+            assert other.crashed_sessions() == []
+            assert len(other.checkpoints("w")) == 1  # the final checkpoint
+            with pytest.raises(ValidationError) as raised:
+                other.update_step("w", "report", "running", session=taken)
+            assert raised.value.field == "session"
+
+
+def test_closing_closes_the_store(tmp_path: Path) -> None:
+    with open_store(str(tmp_path / "store")) as api:
+        api.create_workflow("w", "W", STEPS)
+    with pytest.raises(ClosedError):
+        api.load("w")
+    api.close()  # idempotent
+
+
+def test_only_a_local_store_can_be_wrapped() -> None:
+    with pytest.raises(ValidationError) as raised:
+        WorkflowStore(object())  # type: ignore[arg-type]
+    assert raised.value.field == "store"
+
+
+# -- open_store -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_each_preset_opens_the_store_with_its_configuration(tmp_path: Path, preset: str) -> None:
+    with open_store(str(tmp_path / preset), preset) as api:
+        assert api.config == PRESETS[preset]
+        assert api.store._log._durability == PRESETS[preset].durability
+        assert api.store._policy == PRESETS[preset].checkpoints
+        api.create_workflow("w", "W", STEPS)
+        assert api.load("w").workflow.name == "W"
+
+
+def test_overrides_apply_on_top_of_the_preset(tmp_path: Path) -> None:
+    policy = CheckpointPolicy(every_batches=None, on_step_end=True)
+    with open_store(str(tmp_path / "s"), "development", checkpoints=policy) as api:
+        assert api.config is not None
+        assert api.config.durability == "none" and api.config.checkpoints == policy
+        assert api.store._policy == policy
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "field"),
+    [
+        ("fastest", {}, "preset"),
+        ("production", {"durabilty": "always"}, "durabilty"),
+        ("production", {"durability": "sometimes"}, "durability"),
+        ("production", {"segment_size": 10}, "segment_size"),
+    ],
+)
+def test_a_bad_configuration_is_refused_before_anything_is_created(
+    tmp_path: Path, preset: str, overrides: dict[str, object], field: str
+) -> None:
+    path = tmp_path / "store"
+    with pytest.raises(ValidationError) as raised:
+        open_store(str(path), preset, **overrides)
+    assert raised.value.field == field
+    assert not os.path.exists(path)
+
+
+def test_a_store_opened_by_the_caller_has_no_config(tmp_path: Path) -> None:
+    with WorkflowStore(LocalStore.open(str(tmp_path / "s"))) as api:
+        assert api.config is None
