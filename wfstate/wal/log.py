@@ -36,6 +36,7 @@ dropped the pages and report later fsyncs as successful). Reopening recovers fro
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -93,10 +94,13 @@ DEFAULT_MAX_RECORD_SIZE: Final = 16 * 1024 * 1024
 
 DEFAULT_LOCK_TIMEOUT: Final = 30.0
 
+_LOGGER: Final = logging.getLogger("wfstate.wal")
+
 # A queued record: (lsn, type, codec, raw length, stored body)
 _Queued = tuple[int, int, int, int, bytes]
 ForeignCallback = Callable[[Record], None]
 DiscardCallback = Callable[[bytes, int], None]
+SyncObserver = Callable[[float], None]
 
 #: Waiting for the writers' lock polls it, backing off from the first delay to the last.
 _FIRST_POLL_S: Final = 0.00005
@@ -135,6 +139,7 @@ class Log:
         self._index = RecordIndex()  # records read, written or followed by this handle
         self._start: LogStart | None = None  # the log start this handle's view is under
         self._new_segment_at: set[int] = set()  # LSNs that must begin a segment (start_segment)
+        self._on_sync: SyncObserver | None = None
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -610,7 +615,7 @@ class Log:
             if batch:
                 self._write(batch, sync=True)
             else:
-                self._fs.fdatasync(self._fd)
+                self._fdatasync(self._fd)
             if tenure:
                 self._fs.write_lock_data(self._lock, pack_hint(self.epoch, target))
         except BaseException as exc:
@@ -642,7 +647,7 @@ class Log:
                 self._write(batch, sync=sync)
                 self._written_lsn = batch[-1][0]
             elif sync and self._durable_lsn < self._written_lsn:
-                self._fs.fdatasync(self._fd)
+                self._fdatasync(self._fd)
             if sync and self._tenure:
                 self._fs.write_lock_data(self._lock, pack_hint(self.epoch, self._written_lsn))
         except BaseException as exc:
@@ -670,7 +675,7 @@ class Log:
         else:
             self._write_group(batch, new_segment=False)
         if sync:
-            self._fs.fdatasync(self._fd)
+            self._fdatasync(self._fd)
 
     def _write_group(self, batch: list[_Queued], *, new_segment: bool) -> None:
         """Frame ``batch`` and write it in one call into the current segment, rotating first
@@ -710,7 +715,7 @@ class Log:
 
     def _rotate(self, first_lsn: int) -> None:
         """Close the full segment (synced) and start the next one at ``first_lsn``."""
-        self._fs.fdatasync(self._fd)
+        self._fdatasync(self._fd)
         self._durable_lsn = first_lsn - 1
         old_fd = self._fd
         header = SegmentHeader(self.epoch, self._segment.seq + 1, first_lsn, self._seed)
@@ -720,6 +725,31 @@ class Log:
         self._segment_records = 0
 
     # -- syncing and closing ------------------------------------------------------------------
+    def set_sync_observer(self, observer: SyncObserver | None) -> None:
+        """Call ``observer(seconds)`` after each successful fdatasync of a log segment, with
+        how long it took (``None`` removes it). It runs on the syncing thread, possibly with
+        the log's internal lock held: it must be quick and must not call into the log. If it
+        raises, the exception is logged on ``wfstate.wal`` and the log carries on (the sync
+        succeeded). A sync running while the observer is replaced may report to either.
+        """
+        if observer is not None and not callable(observer):
+            raise ValidationError("observer", f"must be callable or None, not {observer!r}")
+        self._on_sync = observer
+
+    def _fdatasync(self, fd: int) -> None:
+        """fdatasync ``fd``, timed for the sync observer (:meth:`set_sync_observer`)."""
+        observer = self._on_sync
+        if observer is None:
+            self._fs.fdatasync(fd)
+            return
+        started = time.perf_counter()
+        self._fs.fdatasync(fd)
+        elapsed = time.perf_counter() - started
+        try:
+            observer(elapsed)
+        except Exception:
+            _LOGGER.exception("log %s: the sync observer raised", self._dir)
+
     def sync(self) -> None:
         """Make every record appended so far durable (under any durability level)."""
         with self._cond:
@@ -754,7 +784,7 @@ class Log:
                     continue
                 fd = self._fs.dup(self._fd)
             try:
-                self._fs.fdatasync(fd)
+                self._fdatasync(fd)
             except BaseException as exc:
                 with self._cond:
                     self._poison = exc
