@@ -3,12 +3,17 @@ anything is written, presets reaching the store."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.fsdoubles import RecordingFS
 from wfstate import (
     CheckpointPolicy,
     ClosedError,
@@ -21,6 +26,7 @@ from wfstate import (
     WorkflowStep,
 )
 from wfstate.api import WorkflowStore, open_store
+from wfstate.asyncapi import AsyncWorkflowStore
 from wfstate.checkpointpolicy import MANUAL_ONLY
 from wfstate.config import PRESETS
 
@@ -247,3 +253,104 @@ def test_a_bad_configuration_is_refused_before_anything_is_created(
 def test_a_store_opened_by_the_caller_has_no_config(tmp_path: Path) -> None:
     with WorkflowStore(LocalStore.open(str(tmp_path / "s"))) as api:
         assert api.config is None
+
+
+# -- the asyncio twin -----------------------------------------------------------------------------
+
+
+def _public_methods(cls: type) -> dict[str, Any]:
+    return {
+        name: member
+        for name, member in vars(cls).items()
+        if callable(member) and not name.startswith("_")
+    }
+
+
+def test_every_blocking_method_has_an_async_twin_with_the_same_parameters() -> None:
+    sync = _public_methods(WorkflowStore)
+    twins = _public_methods(AsyncWorkflowStore)
+    assert set(sync) <= set(twins), set(sync) - set(twins)
+    for name, method in sync.items():
+        assert inspect.iscoroutinefunction(twins[name]), name
+        assert inspect.signature(twins[name]) == inspect.signature(method), name
+    assert inspect.signature(AsyncWorkflowStore.open) == inspect.signature(open_store).replace(
+        return_annotation="AsyncWorkflowStore"
+    )
+
+
+def test_the_event_loop_runs_while_a_call_waits_for_the_disk(tmp_path: Path) -> None:
+    """Every fdatasync takes 0.2 s; a ticker on the loop keeps ticking during the commit."""
+    fs = RecordingFS(sync_delay=0.2)
+    store = LocalStore.open(str(tmp_path / "s"), checkpoints=MANUAL_ONLY, fs=fs)
+    ticks: list[float] = []
+
+    async def ticker(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def main() -> tuple[float, float]:
+        async with AsyncWorkflowStore(WorkflowStore(store)) as api:
+            stop = asyncio.Event()
+            task = asyncio.create_task(ticker(stop))
+            await asyncio.sleep(0)
+            started = time.monotonic()
+            await api.create_workflow("w", "W", STEPS)
+            ended = time.monotonic()
+            stop.set()
+            await task
+            assert (await api.load("w")).workflow.name == "W"
+        return started, ended
+
+    started, ended = asyncio.run(main())
+    assert ended - started >= 0.2  # the commit did wait for the slow sync
+    during = [t for t in ticks if started < t < ended]
+    assert len(during) >= 5, f"{len(during)} ticks in {ended - started:.2f} s"
+
+
+def test_async_calls_return_and_raise_as_their_twins(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with await AsyncWorkflowStore.open(
+            str(tmp_path / "s"), "development", checkpoints=MANUAL_ONLY
+        ) as api:
+            assert api.sync.config is not None and api.sync.config.durability == "none"
+            lsn = await api.create_workflow("w", "W", STEPS)
+            assert await api.update_step("w", "fetch", "running") == lsn + 1
+            await api.add_output("w", "fetch", {"n": 1}, agent_id="reader")
+            await api.update_agent("w", "reader", "done")
+            milestone = await api.checkpoint("w", tags=["m"])
+            assert await api.checkpoints("w", tag="m") == [milestone]
+            await api.restore(milestone.id)
+            assert (await api.recovery_suggestions("w")).recommended == milestone
+            session = await api.start_session("worker")
+            await api.update_step("w", "fetch", "completed", session=session)
+            assert await api.crashed_sessions() == []
+            await api.end_session(session)
+            assert [s.status for s in await api.sessions()] == ["ended"]
+            assert await api.list_workflows() == ["w"]
+            with pytest.raises(ValidationError) as raised:
+                await api.update_step("w", "fetch", "running")
+            assert raised.value.field == "mutations[0].status"
+            with pytest.raises(NotFoundError):
+                await api.load("ghost")
+            await api.delete("w")
+            assert (await api.stats()).workflows == 0
+        with pytest.raises(ClosedError):
+            await api.list_workflows()
+
+    asyncio.run(main())
+
+
+def test_concurrent_async_commits_share_syncs(tmp_path: Path) -> None:
+    """Commits of concurrent tasks run in threads at once: fewer fdatasyncs than commits."""
+    fs = RecordingFS(sync_delay=0.05)
+    store = LocalStore.open(str(tmp_path / "s"), checkpoints=MANUAL_ONLY, fs=fs)
+
+    async def main() -> None:
+        async with AsyncWorkflowStore(WorkflowStore(store)) as api:
+            before = fs.count("fdatasync")
+            await asyncio.gather(*(api.create_workflow(f"w{i}", "W", STEPS) for i in range(16)))
+            assert fs.count("fdatasync") - before < 16
+            assert len(await api.list_workflows()) == 16
+
+    asyncio.run(main())

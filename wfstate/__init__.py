@@ -4,6 +4,7 @@ The public surface is re-exported here; everything else is internal and may chan
 """
 
 from wfstate.api import WorkflowStore, open_store
+from wfstate.asyncapi import AsyncWorkflowStore
 from wfstate.backends.local import LocalStore, Session
 from wfstate.backends.memory import MemoryStore
 from wfstate.checkpointindex import CheckpointInfo, CheckpointType
@@ -15,6 +16,7 @@ from wfstate.checkpointreports import (
     StoreStats,
 )
 from wfstate.config import PRESETS, StoreConfig, resolve_config
+from wfstate.durable import DurableRun, StepRecord
 from wfstate.errors import (
     BackendError,
     ClosedError,
@@ -24,6 +26,7 @@ from wfstate.errors import (
     NotFoundError,
     SchemaVersionError,
     StaleOwnerError,
+    StepFailedError,
     StorePoisonedError,
     TornWriteError,
     TransactionError,
@@ -63,6 +66,7 @@ __all__ = [
     "MANUAL_ONLY",
     "PRESETS",
     "SCHEMA_VERSION",
+    "AsyncWorkflowStore",
     "BackendError",
     "CheckpointCheck",
     "CheckpointInfo",
@@ -76,6 +80,7 @@ __all__ = [
     "CreateWorkflow",
     "DeleteWorkflow",
     "Durability",
+    "DurableRun",
     "FormatVersionError",
     "LocalStore",
     "LockTimeoutError",
@@ -99,6 +104,8 @@ __all__ = [
     "SetStepStatus",
     "SetWorkflowStatus",
     "StaleOwnerError",
+    "StepFailedError",
+    "StepRecord",
     "Store",
     "StoreConfig",
     "StorePoisonedError",
