@@ -114,3 +114,17 @@ class LockTimeoutError(WfstateError):
 
 class BackendError(WfstateError):
     """A storage backend failed in a way not covered by a more specific error."""
+
+
+class StepFailedError(WfstateError):
+    """A durable step's body raised an error that is not retryable, and the failure is recorded
+    (:mod:`wfstate.durable`): raised on the run that failed (``__cause__`` is the original
+    exception) and on every later run of the same key, without running the body again.
+    ``key``: the step's key; ``error_type``: the original exception's qualified class name;
+    ``error``: its message."""
+
+    def __init__(self, key: str, error_type: str, error: str) -> None:
+        super().__init__(f"durable step {key!r} failed: {error_type}: {error}")
+        self.key = key
+        self.error_type = error_type
+        self.error = error
