@@ -387,9 +387,11 @@ def test_a_failed_finish_of_the_end_is_rolled_forward_whole(
 
 def _ended_info() -> SessionInfo:
     table = SessionTable()
-    table.apply(make_event("se-0123456789abcdef", "start", 1, user="u", metadata={"a": [1]}))
+    table.apply(
+        make_event("se-0123456789abcdef", "start", 1, user="u", metadata={"a": [1]}, at=1.0)
+    )
     table.note_batch("se-0123456789abcdef", ["w", "v"])
-    table.apply(make_event("se-0123456789abcdef", "end", 1))
+    table.apply(make_event("se-0123456789abcdef", "end", 1, at=1.0))
     info = table.get("se-0123456789abcdef")
     assert info is not None
     return info
@@ -415,25 +417,25 @@ def test_session_events_out_of_order_are_refused() -> None:
     sid = "se-0123456789abcdef"
     table = SessionTable()
     with pytest.raises(ValidationError):
-        table.apply(make_event(sid, "resume", 2))  # unknown
-    table.apply(make_event(sid, "start", 1, user="u", metadata={}))
+        table.apply(make_event(sid, "resume", 2, at=1.0))  # unknown
+    table.apply(make_event(sid, "start", 1, user="u", metadata={}, at=1.0))
     for bad in (
-        make_event(sid, "start", 1, user="u", metadata={}),
-        make_event(sid, "resume", 3),
-        make_event(sid, "end", 2),
+        make_event(sid, "start", 1, user="u", metadata={}, at=1.0),
+        make_event(sid, "resume", 3, at=1.0),
+        make_event(sid, "end", 2, at=1.0),
     ):
         with pytest.raises(ValidationError):
             table.apply(bad)
-    table.apply(make_event(sid, "resume", 2))
-    table.apply(make_event(sid, "end", 2))
+    table.apply(make_event(sid, "resume", 2, at=1.0))
+    table.apply(make_event(sid, "end", 2, at=1.0))
     with pytest.raises(ValidationError):
-        table.apply(make_event(sid, "resume", 3))
+        table.apply(make_event(sid, "resume", 3, at=1.0))
     with pytest.raises(StaleOwnerError):
         table.check_owner(sid, 2)
 
 
 def test_session_payloads_decode_and_refuse_newer_versions() -> None:
-    event = make_event("se-0123456789abcdef", "start", 1, user="u", metadata={"a": 1})
+    event = make_event("se-0123456789abcdef", "start", 1, user="u", metadata={"a": 1}, at=1.0)
     assert decode_event(encode_event(event)) == event
     assert decode_event(encode_event(event, versioned=False), versioned=False) == event
     newer = msgspec.msgpack.decode(encode_event(event))
@@ -445,3 +447,42 @@ def test_session_payloads_decode_and_refuse_newer_versions() -> None:
         bad[field] = value
         with pytest.raises(ValidationError):
             decode_event(msgspec.msgpack.encode(bad))
+
+
+def test_session_events_are_stamped_by_the_store_clock(tmp_path: Path) -> None:
+    with open_store(str(tmp_path)) as store:  # clock: 1000.0
+        session = store.start_session("alice")
+        store.commit(create("w"), session=session)
+        session.end()
+        (info,) = store.sessions()
+        assert (info.started, info.ended) == (1000.0, 1000.0)
+
+
+def test_end_takes_the_states_as_of_its_decision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of the session that another handle (with the owner's token) commits after the
+    end began, but before it takes the writers' lock, is in the final checkpoint and the
+    state file: the states are read under the lock, not before it."""
+    path = str(tmp_path)
+    with open_store(path) as a, open_store(path) as b:
+        session = a.start_session("alice")
+        a.commit(create("w"), session=session)
+        lock = b._fs.open_lock(b._session_lock_path(session.id) + ".ghost")
+        twin = Session(b, session.id, "alice", session.token, lock)
+        real = a._held
+        raced: list[int] = []
+
+        def held():  # type: ignore[no-untyped-def]
+            if not raced:
+                raced.append(b.commit(done("w", 0), session=twin))
+            return real()
+
+        monkeypatch.setattr(a, "_held", held)
+        a.end_session(session)
+        twin.close()
+        final = a.load("w")
+        assert final.metadata.last_lsn == raced[0]
+        assert a.read_state_file("w") == final
+        (ck,) = a.checkpoints()
+        assert ck.lsn == raced[0] and a.checkpoint_state(ck.id) == final

@@ -358,7 +358,20 @@ def _reencoded(**changes: object) -> bytes:
 
 def test_a_newer_txn_version_is_refused_not_misread() -> None:
     with pytest.raises(SchemaVersionError):
-        decode_txn(_reencoded(v=2, files="anything"))
+        decode_txn(_reencoded(v=3, files="anything"))
+
+
+def test_a_txn_is_written_with_the_lowest_version_that_holds_it() -> None:
+    """Version 2 only for a batch (docs/format.md §10.2): a reader of version 1 refuses exactly
+    the records it cannot apply, and reads every other one."""
+    plain = decode_txn(_reencoded())
+    assert msgspec.msgpack.decode(encode_txn(plain))["v"] == 1
+    with_batch = msgspec.structs.replace(plain, batch=b"\x81\xa1v\x01")
+    document = msgspec.msgpack.decode(encode_txn(with_batch))
+    assert document["v"] == 2 and document["batch"] == b"\x81\xa1v\x01"
+    assert decode_txn(encode_txn(with_batch)) == with_batch
+    with pytest.raises(ValidationError, match="needs version 2"):
+        decode_txn(_reencoded(batch=b"\x81\xa1v\x01"))  # v 1 claiming a batch
 
 
 @pytest.mark.parametrize(
@@ -685,3 +698,62 @@ def test_a_writer_syncs_its_records_and_keeps_the_lock(tmp_path: Path) -> None:
             with pytest.raises(LockTimeoutError):
                 other.append(b"not now")
         assert other.append(b"now") == lsn + 1
+
+
+# -- restoring a checkpoint into the workflow file ----------------------------------------------
+
+
+def test_restore_to_file_restores_and_writes_the_file_in_one_transaction(tmp_path: Path) -> None:
+    path = str(tmp_path)
+    populated(path, workflows=("a",))
+    with open_store(path) as other, open_store(path) as store:
+        ck = store.checkpoint("a")
+        saved = store.load("a")
+        store.commit(step("a", 1, "later"))
+        before = store.load("a")
+        lsn = store.restore(ck.id, to_file=True)
+        restored = store.load("a")
+        assert (
+            restored.metadata.last_lsn == lsn
+            and restored.metadata.version == before.metadata.version + 1
+        )
+        assert restored.outputs == saved.outputs and restored.workflow == saved.workflow
+        assert store.read_state_file("a") == restored
+        assert other.load("a") == restored  # the TXN record's batch, read from the log
+        assert temps(OS_FS, path) == []
+    with open_store(path, cache_bytes=0) as store:  # rebuilt by reading the TXN batch back
+        assert store.load("a") == restored and store.read_state_file("a") == restored
+        assert all(c.ok and c.matches_log for c in store.verify())
+        store.compact()
+    with open_store(path) as store:
+        assert store.load("a") == restored
+
+
+def test_restore_to_file_recreates_a_deleted_workflow(tmp_path: Path) -> None:
+    path = str(tmp_path)
+    populated(path, workflows=("a",))
+    with open_store(path) as store:
+        ck = store.checkpoint("a")
+        store.delete("a")
+        lsn = store.restore(ck.id, to_file=True)
+        assert store.load("a").metadata.last_lsn == lsn
+        assert store.read_state_file("a") == store.load("a")
+        assert store.stats().last_lsn == lsn
+    with open_store(path, cache_bytes=0) as store:
+        loaded, saved = store.load("a"), store.checkpoint_state(ck.id)
+        assert (loaded.workflow, loaded.outputs) == (saved.workflow, saved.outputs)
+        assert store.read_state_file("a") == loaded
+
+
+def test_restore_to_file_refuses_bad_input_and_writes_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path)
+    populated(path, workflows=("a",))
+    with open_store(path) as store:
+        ck = store.checkpoint("a")
+        before = tree(OS_FS, path)
+        with pytest.raises(ValidationError) as info:
+            store.restore(ck.id, to_file=1)  # type: ignore[arg-type]
+        assert info.value.field == "to_file"
+        with pytest.raises(NotFoundError):
+            store.restore("ck-0000000000000000", to_file=True)
+        assert tree(OS_FS, path) == before

@@ -43,7 +43,7 @@ from tests.crashcheck import (
     store_plan,
 )
 from tests.simfs import SimFileSystem
-from wfstate.backends.local import LocalStore
+from wfstate.backends.local import LocalStore, _TxnPlan
 from wfstate.backends.memory import MemoryStore
 from wfstate.checkpointindex import CheckpointInfo
 from wfstate.errors import CorruptionError
@@ -208,7 +208,11 @@ class TxnDriver:
             return prepared[-1]
 
         with mock.patch("wfstate.backends.local.prepare", capture):
-            store._transact(participants, checkpoints)
+            store._transact(
+                lambda _lsn, _now: _TxnPlan(
+                    participants=list(participants), checkpoints=list(checkpoints)
+                )
+            )
         self._note(prepared[0], participants, started)
 
     def killed_decider(

@@ -165,7 +165,7 @@ class _Payload(
 
     delta: msgspec.Raw | UnsetType = UNSET
     id: str
-    origin: Annotated[int, msgspec.Meta(ge=1)]
+    origin: Annotated[int, msgspec.Meta(ge=0)]  # 0: imported (docs/format.md §9.8)
     parent: str | None
     state: msgspec.Raw | UnsetType = UNSET
     v: Annotated[int, msgspec.Meta(ge=0)]
@@ -319,15 +319,18 @@ def encode_checkpoint(
     Raises ValidationError naming the argument, before producing anything, when: an id has
     the wrong form (``checkpoint_id`` and ``parent``: ``ck-`` and 16 hex digits; ``parent``
     not ``checkpoint_id``; ``workflow_id``: :func:`~wfstate.ids.validate_id`); a number is out
-    of range (``1 ≤ origin ≤ lsn < 2^64``, ``1 ≤ epoch < 2^64``, ``0 ≤ state_checksum <
+    of range (``1 ≤ origin ≤ lsn < 2^64``, or ``origin`` 0 for an imported checkpoint,
+    which is full; ``1 ≤ epoch < 2^64``, ``0 ≤ state_checksum <
     2^64``); ``state``/``delta`` do not match the kind; the state or delta belongs to another
     workflow or schema version (:func:`~wfstate.delta.check_delta` for a delta); the state's
     checksum is not ``state_checksum``; the payload exceeds 2^30 bytes.
     """
     _require_checkpoint_id(checkpoint_id, "checkpoint_id")
     validate_id(workflow_id, "workflow_id")
-    _require_uint(origin, "origin", 1)
+    _require_uint(origin, "origin", 0)
     _require_uint(lsn, "lsn", origin)
+    if origin == 0 and (parent is not None or delta is not None):
+        raise ValidationError("origin", "0 (imported) is only for a full checkpoint")
     _require_uint(epoch, "epoch", 1)
     if state_checksum is not None or parent is not None:
         _require_uint(state_checksum, "state_checksum", 0)
@@ -507,6 +510,8 @@ def _check_payload(document: _Payload, header: CheckpointHeader, path: str) -> N
         )
     has_state = not isinstance(document.state, UnsetType)
     has_delta = not isinstance(document.delta, UnsetType)
+    if document.origin == 0 and header.kind != CHECKPOINT_FULL:
+        raise bad("origin 0 (imported) in an incremental checkpoint")
     if header.kind == CHECKPOINT_FULL:
         if document.parent is not None:
             raise bad(f"a full checkpoint names a parent {document.parent!r}")

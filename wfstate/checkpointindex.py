@@ -34,6 +34,8 @@ CHECKPOINT_TYPES: Final[frozenset[str]] = frozenset(
 )
 
 ENTRY_VERSION: Final = 1
+ANCHOR_VERSION: Final = 2
+"""The newest anchor layout; 2 only when it holds an imported checkpoint (docs/format.md §9.6)."""
 """Layout version of the ``CHECKPOINT``/``CHECKPOINT_DROP``/``DISCARD`` payloads."""
 
 
@@ -119,9 +121,10 @@ def decode_drop(data: bytes) -> tuple[str, ...]:
 
 def encode_anchor(anchor: Anchor) -> bytes:
     """The ``DISCARD`` record payload (and ``wal/START`` anchor) of ``anchor``."""
+    imported = any(info.origin == 0 for info in anchor.checkpoints)
     return ENCODER.encode(
         _AnchorDocument(
-            v=ENTRY_VERSION,
+            v=ANCHOR_VERSION if imported else 1,
             workflows=anchor.workflows,
             checkpoints=anchor.checkpoints,
             sessions=anchor.sessions,
@@ -130,9 +133,11 @@ def encode_anchor(anchor: Anchor) -> bytes:
 
 
 def decode_anchor(data: bytes) -> Anchor:
-    document = decode_versioned(data, _AnchorDocument, "anchor", ENTRY_VERSION)
+    document = decode_versioned(data, _AnchorDocument, "anchor", ANCHOR_VERSION)
     for info in document.checkpoints:
         check_entry(info)
+        if info.origin == 0 and document.v < ANCHOR_VERSION:
+            raise ValidationError("anchor.v", "an imported checkpoint needs version 2")
     return Anchor(
         workflows=document.workflows,
         checkpoints=document.checkpoints,
@@ -150,7 +155,9 @@ def check_entry(info: CheckpointInfo) -> CheckpointInfo:
         raise ValidationError("checkpoint.type", f"unknown type {info.type!r}")
     if os.path.basename(info.file) != info.file or not info.file.startswith(info.id):
         raise ValidationError("checkpoint.file", f"not a file of {info.id}: {info.file!r}")
-    if info.origin < 1 or info.lsn < info.origin or info.size < 0:
+    if info.origin == 0 and info.parent is not None:  # imported (docs/format.md §9.8)
+        raise ValidationError("checkpoint.parent", "an imported checkpoint is full")
+    if info.origin < 0 or info.lsn < info.origin or info.size < 0:
         raise ValidationError(
             "checkpoint.lsn", f"origin {info.origin}, lsn {info.lsn}, size {info.size}"
         )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, TypeAlias
 
@@ -95,12 +94,13 @@ def make_event(
     event: EventKind,
     token: int,
     *,
+    at: float,
     user: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> SessionEvent:
-    """An event stamped with now, this process's pid and host."""
+    """An event at ``at`` (the store's clock), with this process's pid and host."""
     return SessionEvent(
-        at=time.time(),
+        at=at,
         event=event,
         host=socket.gethostname(),
         id=session_id,

@@ -56,7 +56,9 @@ from wfstate.format import CHECKPOINTS_DIR, TXN_DIRS, is_txn_id, xxh3
 from wfstate.fs import FileSystem, temp_name
 from wfstate.payload import ENCODER, decode_versioned
 
-TXN_VERSION: Final = 1
+TXN_VERSION: Final = 2
+"""The newest ``TXN`` layout; a record is written with the lowest version that holds it
+(docs/format.md §10.2: 2 only with a ``batch`` or an imported checkpoint entry)."""
 """Layout version of the ``TXN`` payload (docs/format.md §10.2)."""
 
 _TEMP: Final = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]+\.tmp$")
@@ -85,8 +87,10 @@ class TxnFile(msgspec.Struct, frozen=True, array_like=True):
 class Txn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A ``TXN`` record's content (docs/format.md §10.2). Fields in sorted order, so they are
     written sorted. ``sessions``: ``SESSION`` events (§11.1) the record commits, kept as their
-    encoded maps (the session layer reads them); omitted when empty."""
+    encoded maps (the session layer reads them); omitted when empty. ``batch``: a batch
+    document (§5.1) the record commits, empty when none."""
 
+    batch: bytes = b""
     checkpoints: tuple[CheckpointInfo, ...]
     files: tuple[TxnFile, ...]
     id: str
@@ -216,11 +220,13 @@ def prepare(
     *,
     checkpoints: Sequence[CheckpointInfo] = (),
     sessions: Sequence[bytes] = (),
+    batch: bytes = b"",
     txn_id: str | None = None,
 ) -> Txn:
     """Step 1: write every participant of the store in directory ``root`` to its temp file,
     fsynced, in path order, then fsync each directory involved; return the :class:`Txn` to
-    decide (its ``TXN`` record's content). No lock is needed.
+    decide (its ``TXN`` record's content, with ``batch``: a batch document the record
+    commits). No lock is needed.
 
     ``ValidationError`` for bad input (:func:`check_participants`), before anything is written.
     Any other failure (``OSError`` from the file system, an interruption) removes every temp
@@ -268,6 +274,7 @@ def prepare(
             ) from exc
         raise
     return Txn(
+        batch=batch,
         checkpoints=tuple(checkpoints),
         files=tuple(files),
         id=txn_id,
@@ -356,13 +363,15 @@ def undecided_temps(fs: FileSystem, directory: str) -> list[str]:
 
 def encode_txn(txn: Txn) -> bytes:
     """The ``TXN`` record payload of ``txn`` (docs/format.md §10.2), keys sorted."""
+    newer = bool(txn.batch) or any(info.origin == 0 for info in txn.checkpoints)
     return ENCODER.encode(
         _Document(
+            batch=txn.batch,
             checkpoints=txn.checkpoints,
             files=txn.files,
             id=txn.id,
             sessions=txn.sessions,
-            v=TXN_VERSION,
+            v=TXN_VERSION if newer else 1,
         )
     )
 
@@ -398,7 +407,12 @@ def decode_txn(data: bytes) -> Txn:
             raise ValidationError(
                 f"txn.checkpoints[{i}].file", f"{info.file!r} is not a file of this record"
             )
+    if document.v < 2 and (
+        document.batch or any(info.origin == 0 for info in document.checkpoints)
+    ):
+        raise ValidationError("txn.v", "a batch or an imported checkpoint needs version 2")
     return Txn(
+        batch=document.batch,
         checkpoints=document.checkpoints,
         files=document.files,
         id=document.id,

@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -68,6 +69,7 @@ from wfstate.errors import (
     CorruptionError,
     LockTimeoutError,
     NotFoundError,
+    SchemaVersionError,
     StorePoisonedError,
     ValidationError,
     WfstateError,
@@ -340,18 +342,7 @@ class LocalStore(TableStore):
         payload = record.payload
         try:
             if record.type == RECORD_BATCH:
-                owner = batch_session(payload)
-                if owner is not None:
-                    self._sessions.note_batch(
-                        owner[0], (w for _op, w in batch_targets(payload, upgrades=self._upgrades))
-                    )
-                self._table.replay(
-                    batch_targets(payload, upgrades=self._upgrades),
-                    record.lsn,
-                    len(payload),
-                    lambda: decode_mutations(payload, upgrades=self._upgrades),
-                )
-                self._logged_bytes += len(payload)
+                self._take_batch(payload, record.lsn)
             elif record.type == RECORD_CHECKPOINT:
                 self._index.add(decode_entry(payload))
             elif record.type == RECORD_CHECKPOINT_DROP:
@@ -360,7 +351,7 @@ class LocalStore(TableStore):
             elif record.type == RECORD_DISCARD:
                 self._take_anchor(payload, skipped=False)
             elif record.type == RECORD_TXN:
-                self._take_txn(decode_txn(payload))
+                self._take_txn(decode_txn(payload), record.lsn)
             elif record.type == RECORD_SESSION:
                 self._sessions.apply(decode_event(payload))
             else:
@@ -371,6 +362,18 @@ class LocalStore(TableStore):
                 0,
                 f"{_KIND.get(record.type, 'record')} at LSN {record.lsn} does not apply: {exc}",
             ) from exc
+
+    def _take_batch(self, payload: bytes, lsn: int) -> None:
+        """Apply a committed batch document at ``lsn`` (a ``BATCH`` record's, or a ``TXN``
+        record's ``batch``), attributing it to its session if it names one."""
+        targets = batch_targets(payload, upgrades=self._upgrades)
+        owner = batch_session(payload)
+        if owner is not None:
+            self._sessions.note_batch(owner[0], (w for _op, w in targets))
+        self._table.replay(
+            targets, lsn, len(payload), lambda: decode_mutations(payload, upgrades=self._upgrades)
+        )
+        self._logged_bytes += len(payload)
 
     def _take_anchor(self, data: bytes, *, skipped: bool) -> None:
         """Make the index and the live workflows what an anchor says (docs/format.md §9.6)."""
@@ -387,17 +390,24 @@ class LocalStore(TableStore):
             self._recent.clear()
         self._logged_bytes = 0
 
-    def _take_txn(self, txn: Txn) -> None:
-        """Apply a ``TXN`` record another handle wrote (docs/format.md §10.2): its checkpoint
-        entries join the index as if each had its own ``CHECKPOINT`` record here, and the
+    def _take_txn(self, txn: Txn, lsn: int) -> None:
+        """Apply a ``TXN`` record another handle wrote, at its ``lsn``, in the order of
+        docs/format.md §10.2: the ``start`` events, the batch (as a ``BATCH`` record here),
+        the checkpoint entries (as ``CHECKPOINT`` records here), the other events. The
         transaction is noted as possibly unfinished (its decider may have died between the
         decision and the renames): the next tenure of this handle rolls it forward (``_held``).
-        Called by the log, whose lock is held: no file is touched here. The ``sessions``
-        events it carries (an ``end``, §11.1) are folded into the session table."""
+        Called by the log, whose lock is held: no file is touched here."""
+        events = [decode_event(bytes(raw), versioned=False) for raw in txn.sessions]
+        for event in events:
+            if event.event == "start":
+                self._sessions.apply(event)
+        if txn.batch:
+            self._take_batch(txn.batch, lsn)
         for info in txn.checkpoints:
             self._index.add(info)
-        for raw in txn.sessions:
-            self._sessions.apply(decode_event(bytes(raw), versioned=False))
+        for event in events:
+            if event.event != "start":
+                self._sessions.apply(event)
         self._unfinished.append(txn)
 
     def _materialize(
@@ -445,9 +455,17 @@ class LocalStore(TableStore):
             if lsn < self._log.first_lsn:
                 raise _LogMovedOn(lsn)
             try:
-                payload = self._log.read_at(lsn).payload
+                record = self._log.read_at(lsn)
             except NotFoundError as exc:  # its segment was discarded by another process
                 raise _LogMovedOn(lsn) from exc
+            payload = record.payload
+            if record.type == RECORD_TXN:  # a transaction's batch (docs/format.md §10.2)
+                try:
+                    payload = decode_txn(payload).batch
+                except (ValidationError, SchemaVersionError) as exc:
+                    raise CorruptionError(
+                        self._log.path, 0, f"transaction at LSN {lsn} does not read: {exc}"
+                    ) from exc
             read += len(payload)
             try:
                 mine = [m for m in decode_mutations(payload, upgrades=self._upgrades)
@@ -632,19 +650,46 @@ class LocalStore(TableStore):
             self._catch_up()
             return self._read_checkpoint(self._find(checkpoint_id))
 
-    def restore(self, checkpoint_id: str) -> int:
+    def restore(self, checkpoint_id: str, *, to_file: bool = False) -> int:
         """Make the checkpoint's state the workflow's current state; return the batch's LSN.
 
         The restore is a logged batch (a ``replace_state``; the workflow is created again if it
         was deleted), so it survives a crash, its version continues the current one, and
         restoring a later checkpoint undoes it. ``CorruptionError`` if the checkpoint does not
         read (nothing changes).
+
+        With ``to_file``, the batch and the workflow state file ``workflows/<id>.state``
+        (docs/format.md §10.3, holding the restored state) are ONE transaction (§10): after
+        any crash either the workflow is restored and the file holds it, or neither changed.
+        The returned LSN is the transaction's (its ``TXN`` record carries the batch).
         """
+        if not isinstance(to_file, bool):
+            raise ValidationError("to_file", f"must be a bool, not {to_file!r}")
+        if to_file:
+            return self._restore_to_file(checkpoint_id)
         with self._mutex:
             self._check_open()
             self._catch_up()
             state = self._read_checkpoint(self._find(checkpoint_id))
         return self._commit(lambda now: self._table.save_batch(state, now))
+
+    def _restore_to_file(self, checkpoint_id: str) -> int:
+        restored: list[int] = []
+
+        def build(lsn: int, now: float) -> _TxnPlan:
+            state = self._read_checkpoint(self._find(checkpoint_id))
+            workflow_id = state.workflow.id
+            stamped, results = self._table.prepare(self._table.save_batch(state, now), now)
+            after = results[workflow_id]
+            assert after is not None  # the batch ends with a replace_state
+            origin = self._table.origin(workflow_id) or lsn  # recreated by this batch
+            plan = _TxnPlan(batch=stamped, results=results)
+            plan.participants.append(self._state_file(origin, stamped_with(after, lsn)))
+            restored.append(lsn)
+            return plan
+
+        self._transact(build)
+        return restored[0]
 
     def verify(self, checkpoint_id: str | None = None) -> list[CheckpointCheck]:
         """Verify one checkpoint or all (newest first): checksums, parent chain complete, the
@@ -992,64 +1037,93 @@ class LocalStore(TableStore):
             if found:
                 self._fs.fsync_dir(directory)
 
-    def _transact(
-        self,
-        participants: Sequence[Participant],
-        checkpoints: Sequence[tuple[CheckpointInfo, WorkflowState]] = (),
-        sessions: Sequence[SessionEvent] = (),
-    ) -> str:
-        """Replace ``participants`` and commit the entries of ``checkpoints`` (each with the
-        state its file holds, each file among the participants) and the session events
-        ``sessions`` (docs/format.md §11.1) in one transaction (docs/format.md §10.1); return
-        its id once decided and finished.
+    def _transact(self, build: Callable[[int, float], _TxnPlan]) -> str:
+        """Run one transaction (docs/format.md §10.1) whose content ``build(lsn, now)`` makes:
+        called under the writers' lock, caught up, with the LSN the ``TXN`` record will get
+        and the store's clock, so the files are those of the states as of the decision (a
+        state file names its workflow's LSN, a batch's results are stamped with ``lsn``).
+        Returns the transaction id once decided and finished.
 
-        An event is checked under the writers' lock, caught up, before the decision: an ``end``
-        whose token is not the session's current one, or of an ended session, raises
-        ``StaleOwnerError`` and the transaction is abandoned (nothing changed).
-
-        Prepare (outside every lock): ``ValidationError`` for bad input, ``TransactionError``
-        for a failure while writing the temp files; nothing changed either way. Decide (store
-        lock, then writers' lock): the ``TXN`` record is appended and synced, whatever the
-        durability level. A failure before it is queued (closed store, lock timeout, a
-        catch-up error) removes the temp files and raises; a failed write or sync of it
-        poisons the log (``StorePoisonedError``) and leaves the temp files for the next open
-        to roll forward or delete, as the log says. Finish (same tenure): the renames and
-        directory syncs; a failure poisons the store (``StorePoisonedError`` from every later
-        call) and reopening rolls the transaction forward.
+        Everything ``build`` raises, and an event whose owner is stale (``StaleOwnerError``:
+        an ``end`` whose token is not the session's current one, or of an ended session),
+        leaves nothing written. Prepare (the temp files, under the lock): ``ValidationError``
+        for bad input, ``TransactionError`` for a failure while writing them; nothing changed
+        either way. Decide: the ``TXN`` record is appended and synced, whatever the
+        durability level. A failure before it is queued (too large a record) removes the temp
+        files and raises; a failed write or sync of it poisons the log
+        (``StorePoisonedError``) and leaves the temp files for the next open to roll forward or
+        delete, as the log says. Finish (same tenure): the renames and directory syncs; a
+        failure poisons the store (``StorePoisonedError`` from every later call) and reopening
+        rolls the transaction forward. The in-memory tables change only once decided.
         """
-        infos = [info for info, _state in checkpoints]
-        events = [encode_event(event, versioned=False) for event in sessions]
-        txn = prepare(self._fs, self.path, participants, checkpoints=infos, sessions=events)
-        decided = False
-        try:
-            with self._mutex:
-                self._check_open()
-                with self._held() as writer:
-                    for event in sessions:
-                        if event.event != "start":
-                            self._sessions.check_owner(event.id, event.token)
-                    writer.enqueue(encode_txn(txn), record_type=RECORD_TXN)
+        with self._mutex:
+            self._check_open()
+            with self._held() as writer:
+                lsn = writer.next_lsn
+                plan = build(lsn, self._clock())
+                for event in plan.sessions:
+                    if event.event != "start":
+                        self._sessions.check_owner(event.id, event.token)
+                batch = encode_mutations(plan.batch, session=plan.owner) if plan.batch else b""
+                txn = prepare(
+                    self._fs,
+                    self.path,
+                    plan.participants,
+                    checkpoints=[info for info, _state in plan.checkpoints],
+                    sessions=[encode_event(e, versioned=False) for e in plan.sessions],
+                    batch=batch,
+                )
+                decided = False
+                try:
+                    got = writer.enqueue(encode_txn(txn), record_type=RECORD_TXN)
+                    if got != lsn:  # the writers' lock is held: nobody can take it first
+                        raise AssertionError(f"TXN record got LSN {got}, expected {lsn}")
                     writer.sync()  # the commit point
                     decided = True
-                    for event in sessions:
-                        self._sessions.apply(event)
-                    for info, state in checkpoints:
-                        self._index.add(info)
-                        self._bad.pop(info.id, None)
-                        self._remember_recent(Prepared("", info, state))
-                    try:
-                        finish(self._fs, self.path, txn)
-                    except BaseException as exc:
-                        self._poison = exc
-                        raise StorePoisonedError(
-                            f"store {self.path}: transaction {txn.id} is decided but finishing "
-                            f"it failed ({exc}); reopen the store to roll it forward"
-                        ) from exc
-        except BaseException:
-            if not decided and not self._log.poisoned:
-                abandon(self._fs, self.path, txn)  # certainly not decided
-            raise
+                except BaseException:
+                    if not decided and not self._log.poisoned:
+                        abandon(self._fs, self.path, txn)  # certainly not decided
+                    raise
+                self._install(plan, lsn, batch)
+                try:
+                    finish(self._fs, self.path, txn)
+                except BaseException as exc:
+                    self._poison = exc
+                    raise StorePoisonedError(
+                        f"store {self.path}: transaction {txn.id} is decided but finishing "
+                        f"it failed ({exc}); reopen the store to roll it forward"
+                    ) from exc
         return txn.id
+
+    def _install(self, plan: _TxnPlan, lsn: int, batch: bytes) -> None:
+        """Apply a decided transaction of this handle, as :meth:`_take_txn` applies one read
+        from the log (docs/format.md §10.2 order)."""
+        for event in plan.sessions:
+            if event.event == "start":
+                self._sessions.apply(event)
+        if plan.batch:
+            self._table.install(plan.batch, plan.results, lsn, len(batch))
+            self._logged_bytes += len(batch)
+            if plan.owner is not None:
+                targets = mutation_targets(plan.batch)
+                self._sessions.note_batch(plan.owner[0], (w for _op, w in targets))
+        for info, state in plan.checkpoints:
+            self._index.add(info)
+            self._bad.pop(info.id, None)
+            if info.origin:  # an imported one (§9.8) is never a parent
+                self._remember_recent(Prepared("", info, state))
+        for event in plan.sessions:
+            if event.event != "start":
+                self._sessions.apply(event)
+
+    def _live(self, workflow_id: str, field: str) -> tuple[int, WorkflowState]:
+        """The origin and committed state of a live workflow, the writers' lock held (so no
+        discard can move the log meanwhile); ``NotFoundError`` naming ``field``."""
+        state = self._table.get(workflow_id)
+        origin = self._table.origin(workflow_id)
+        if state is None or origin is None:
+            raise NotFoundError(f"{field}: no workflow {workflow_id!r}")
+        return origin, state
 
     def write_state_files(
         self, workflow_ids: Sequence[str] | None = None, *, checkpoint: bool = False
@@ -1057,8 +1131,9 @@ class LocalStore(TableStore):
         """Write ``workflows/<id>.state`` (docs/format.md §10.3) for each of ``workflow_ids``
         (every live workflow when None) with its committed state, and with ``checkpoint`` a
         full checkpoint of each (type ``manual``), all in one transaction: after any crash
-        either every file and checkpoint is there, new, or none is. Returns the transaction id
-        once the transaction is durable and its files are in place.
+        either every file and checkpoint is there, new, or none is. The states are read under
+        the writers' lock, so each file holds its workflow as of the transaction. Returns the
+        transaction id once the transaction is durable and its files are in place.
 
         Input is checked before anything is written: ``ValidationError`` naming
         ``workflow_ids`` / ``workflow_ids[i]`` / ``checkpoint``, ``NotFoundError`` naming
@@ -1084,30 +1159,32 @@ class LocalStore(TableStore):
                 first[workflow_id] = i
         if not isinstance(checkpoint, bool):
             raise ValidationError("checkpoint", f"must be a bool, not {checkpoint!r}")
-        with self._mutex:
-            self._check_open()
-            self._catch_up()
+
+        def build(_lsn: int, now: float) -> _TxnPlan:
             ids = self._table.ids() if workflow_ids is None else list(workflow_ids)
             if not ids:
                 raise ValidationError("workflow_ids", "the store has no workflow to write")
-            states: list[tuple[str, int, WorkflowState]] = []
+            plan = _TxnPlan()
             for i, workflow_id in enumerate(ids):
-                state = self._current(workflow_id)
-                origin = self._table.origin(workflow_id)
-                if state is None or origin is None:
-                    raise NotFoundError(f"workflow_ids[{i}]: no workflow {workflow_id!r}")
-                states.append((workflow_id, origin, state))
-            created = self._clock()
-        participants: list[Participant] = []
-        checkpoints: list[tuple[CheckpointInfo, WorkflowState]] = []
-        for workflow_id, origin, state in states:
-            name = f"{WORKFLOWS_DIR}/{workflow_id}{WORKFLOW_STATE_SUFFIX}"
-            participants.append(Participant(name, self._full_file(origin, state)[0]))
-            if checkpoint:
-                data, info = self._full_file(origin, state, created=created)
-                participants.append(Participant(f"{CHECKPOINTS_DIR}/{info.file}", data))
-                checkpoints.append((info, state))
-        return self._transact(participants, checkpoints)
+                origin, state = self._live(workflow_id, f"workflow_ids[{i}]")
+                plan.participants.append(self._state_file(origin, state))
+                if checkpoint:
+                    self._add_full_checkpoint(plan, origin, state, now)
+            return plan
+
+        return self._transact(build)
+
+    def _state_file(self, origin: int, state: WorkflowState) -> Participant:
+        """The participant ``workflows/<id>.state`` holding ``state`` (docs/format.md §10.3)."""
+        name = f"{WORKFLOWS_DIR}/{state.workflow.id}{WORKFLOW_STATE_SUFFIX}"
+        return Participant(name, self._full_file(origin, state)[0])
+
+    def _add_full_checkpoint(
+        self, plan: _TxnPlan, origin: int, state: WorkflowState, now: float
+    ) -> None:
+        data, info = self._full_file(origin, state, created=now)
+        plan.participants.append(Participant(f"{CHECKPOINTS_DIR}/{info.file}", data))
+        plan.checkpoints.append((info, state))
 
     def _full_file(
         self, origin: int, state: WorkflowState, *, created: float = 0.0
@@ -1217,7 +1294,7 @@ class LocalStore(TableStore):
         data = dict(metadata)
         validate_json(data, "metadata")
         session_id = new_session_id()
-        event = make_event(session_id, "start", 1, user=user, metadata=data)
+        event = make_event(session_id, "start", 1, at=self._clock(), user=user, metadata=data)
         try:
             encode_event(event)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -1247,7 +1324,7 @@ class LocalStore(TableStore):
 
             def resume(info: SessionInfo | None) -> SessionEvent:
                 info = self._resumable(info, session_id)
-                return make_event(session_id, "resume", info.token + 1)
+                return make_event(session_id, "resume", info.token + 1, at=self._clock())
 
             event = self._append_session_event(session_id, resume)
             info = self._sessions.get(session_id)
@@ -1333,44 +1410,41 @@ class LocalStore(TableStore):
         ``final_checkpoint`` a full checkpoint (type ``manual``) of each live workflow it
         wrote, the workflow state file of each, the session record file
         ``sessions/<id>.session`` and the ``end`` event, embedded in the ``TXN`` record. After
-        any crash either all of it happened or none. Then the session accepts no more writes
-        (``StaleOwnerError``) and its lock is released. Returns the transaction id.
+        any crash either all of it happened or none. The states are taken under the writers'
+        lock, caught up, so they include every batch committed before the end (a write of the
+        session racing with its end is either in them or refused). Then the session accepts no
+        more writes (``StaleOwnerError``) and its lock is released. Returns the transaction
+        id.
 
-        ``StaleOwnerError`` if the session was taken over or has ended (checked again under
-        the writers' lock before the decision; nothing changed). The states are read before
-        the transaction: do not write in the session concurrently with ending it.
+        ``StaleOwnerError`` if the session was taken over or has ended (checked under the
+        writers' lock before the decision; nothing changed).
         """
         session = self._check_handle(session)
         if not isinstance(final_checkpoint, bool):
             raise ValidationError("final_checkpoint", f"must be a bool, not {final_checkpoint!r}")
-        with self._mutex:
-            self._check_open()
-            self._catch_up()
+
+        def build(_lsn: int, now: float) -> _TxnPlan:
             info = self._sessions.check_owner(session.id, session.token)
-            states: list[tuple[int, WorkflowState]] = []
+            plan = _TxnPlan()
             for workflow_id in info.workflows:
-                state = self._current(workflow_id)
-                origin = self._table.origin(workflow_id)
-                if state is not None and origin is not None:
-                    states.append((origin, state))
-            created = self._clock()
-        participants: list[Participant] = []
-        checkpoints: list[tuple[CheckpointInfo, WorkflowState]] = []
-        for origin, state in states:
-            name = f"{WORKFLOWS_DIR}/{state.workflow.id}{WORKFLOW_STATE_SUFFIX}"
-            participants.append(Participant(name, self._full_file(origin, state)[0]))
-            if final_checkpoint:
-                data, ck = self._full_file(origin, state, created=created)
-                participants.append(Participant(f"{CHECKPOINTS_DIR}/{ck.file}", data))
-                checkpoints.append((ck, state))
-        event = make_event(session.id, "end", session.token)
-        ended = msgspec.structs.replace(info, status="ended", ended=event.at)
-        participants.append(
-            Participant(
-                f"{SESSIONS_DIR}/{session.id}{SESSION_FILE_SUFFIX}", encode_session_file(ended)
+                if self._table.origin(workflow_id) is None:
+                    continue  # deleted since
+                origin, state = self._live(workflow_id, "session.workflows")
+                plan.participants.append(self._state_file(origin, state))
+                if final_checkpoint:
+                    self._add_full_checkpoint(plan, origin, state, now)
+            event = make_event(session.id, "end", session.token, at=now)
+            ended = msgspec.structs.replace(info, status="ended", ended=now)
+            plan.participants.append(
+                Participant(
+                    f"{SESSIONS_DIR}/{session.id}{SESSION_FILE_SUFFIX}",
+                    encode_session_file(ended),
+                )
             )
-        )
-        txn_id = self._transact(participants, checkpoints, sessions=[event])
+            plan.sessions.append(event)
+            return plan
+
+        txn_id = self._transact(build)
         session.close()
         return txn_id
 
@@ -1529,6 +1603,21 @@ _KIND: Final = {
 _TYPES: Final = frozenset({"manual", "automatic", "pre_step", "post_step", "error", "compaction"})
 _RECENT_STATES: Final = 64
 """Workflows whose newest checkpoint's state a handle keeps, to write incremental ones."""
+
+
+@dataclass
+class _TxnPlan:
+    """What one transaction commits (built under the writers' lock, :meth:`LocalStore._transact`):
+    the files, the checkpoint entries among them (each with the state its file yields), the
+    session events, and a stamped batch with the states it results in (``owner``: the
+    session it is attributed to)."""
+
+    participants: list[Participant] = field(default_factory=list)
+    checkpoints: list[tuple[CheckpointInfo, WorkflowState]] = field(default_factory=list)
+    sessions: list[SessionEvent] = field(default_factory=list)
+    batch: list[Mutation] = field(default_factory=list)
+    results: dict[str, WorkflowState | None] = field(default_factory=dict)
+    owner: tuple[str, int] | None = None
 
 
 def _droppable(index: CheckpointIndex, wanted: set[str]) -> set[str]:
