@@ -21,14 +21,30 @@ from wfstate import (
     NotFoundError,
     Session,
     StaleOwnerError,
+    StorePoisonedError,
     ValidationError,
     WorkflowContext,
     WorkflowStep,
 )
-from wfstate.api import WorkflowStore, open_store
+from wfstate.api import MILESTONE_TAG, AutoCheckpoints, WorkflowStore, open_store
 from wfstate.asyncapi import AsyncWorkflowStore
 from wfstate.checkpointpolicy import MANUAL_ONLY
 from wfstate.config import PRESETS
+from wfstate.hooks import (
+    CheckpointCreated,
+    Event,
+    Hooks,
+    Recovery,
+    SessionEnded,
+    SessionStarted,
+    StepCompleted,
+    StepFailed,
+    StepStarted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
+from wfstate.metrics import Alert, Metrics, Thresholds
+from wfstate.mutations import SetStepStatus
 
 STEPS = (
     WorkflowStep(id="fetch", name="Fetch", agent_id="reader"),
@@ -241,7 +257,7 @@ def test_overrides_apply_on_top_of_the_preset(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_configuration_is_refused_before_anything_is_created(
-    tmp_path: Path, preset: str, overrides: dict[str, object], field: str
+    tmp_path: Path, preset: str, overrides: dict[str, Any], field: str
 ) -> None:
     path = tmp_path / "store"
     with pytest.raises(ValidationError) as raised:
@@ -354,3 +370,227 @@ def test_concurrent_async_commits_share_syncs(tmp_path: Path) -> None:
             assert len(await api.list_workflows()) == 16
 
     asyncio.run(main())
+
+
+# -- hooks ----------------------------------------------------------------------------------------
+
+
+def test_a_run_emits_its_lifecycle_events_in_order_after_each_durable_call(
+    tmp_path: Path,
+) -> None:
+    hooks = Hooks()
+    seen: list[Event] = []
+    api = open_store(str(tmp_path / "s"), hooks=hooks, checkpoints=MANUAL_ONLY)
+
+    def record(event: Event) -> None:
+        if getattr(event, "lsn", None) is not None:  # announced only once durable
+            assert api.store._log.durable_lsn >= event.lsn  # type: ignore[attr-defined]
+        seen.append(event)
+
+    hooks.subscribe(record)
+    with api:
+        session = api.start_session("worker")
+        api.create_workflow("w", "W", STEPS, session=session)  # idle: no event
+        started = api.update_workflow("w", "running", session=session)
+        api.update_step("w", "fetch", "running", session=session)
+        api.update_agent("w", "reader", "busy", session=session)  # no event
+        done = api.update_step("w", "fetch", "completed", output={"n": 1}, session=session)
+        api.update_step("w", "report", "running", session=session)
+        api.update_step("w", "report", "failed", error="boom", session=session)
+        info = api.checkpoint("w", tags=["m"])
+        api.update_workflow("w", "failed", error="report failed", session=session)
+        api.end_session(session)
+    assert [type(e) for e in seen] == [
+        SessionStarted,
+        WorkflowStarted,
+        StepStarted,
+        StepCompleted,
+        StepStarted,
+        StepFailed,
+        CheckpointCreated,
+        WorkflowFailed,
+        SessionEnded,
+    ]
+    assert seen[1] == WorkflowStarted(at=seen[1].at, workflow_id="w", lsn=started)
+    assert seen[3] == StepCompleted(at=seen[3].at, workflow_id="w", step_id="fetch", lsn=done)
+    assert isinstance(seen[5], StepFailed) and seen[5].error == "boom"
+    assert seen[6] == CheckpointCreated(
+        at=info.created, workflow_id="w", checkpoint_id=info.id, type="manual"
+    )
+    assert isinstance(seen[8], SessionEnded) and seen[8].workflows == ("w",)
+    assert seen[0] == SessionStarted(at=seen[0].at, session_id=session.id)
+
+
+def test_a_raising_subscriber_does_not_break_the_call_and_is_reported(api: WorkflowStore) -> None:
+    reported: list[tuple[Event, Exception]] = []
+    hooks = Hooks(on_error=lambda event, _callback, exc: reported.append((event, exc)))
+    api = WorkflowStore(api.store, hooks=hooks)
+    later: list[Event] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("subscriber bug")
+
+    hooks.subscribe(broken)
+    hooks.subscribe(later.append)
+    api.create_workflow("w", "W", STEPS)
+    lsn = api.update_step("w", "fetch", "running")
+    assert api.load("w").metadata.last_lsn == lsn  # the commit stands
+    assert hooks.failures == 1
+    assert [str(exc) for _event, exc in reported] == ["subscriber bug"]
+    assert later == [reported[0][0]]  # the next subscriber still got it
+
+
+def test_a_refused_write_emits_nothing(api: WorkflowStore) -> None:
+    seen: list[Event] = []
+    api.hooks.subscribe(seen.append)
+    api.create_workflow("w", "W", STEPS)
+    with pytest.raises(ValidationError):
+        api.update_step("w", "fetch", "completed")
+    with pytest.raises(ValidationError):
+        api.commit(
+            [
+                SetStepStatus(workflow_id="w", step_id="fetch", status="running", at=0),
+                SetStepStatus(workflow_id="w", step_id="nope", status="running", at=0),
+            ]
+        )
+    assert seen == []
+
+
+def test_opening_a_store_with_a_dead_sessions_owner_emits_recovery(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    with open_store(path, checkpoints=MANUAL_ONLY) as owner:
+        session = owner.start_session("worker")
+        owner.create_workflow("w", "W", STEPS, session=session)
+        owner.update_step("w", "fetch", "running", session=session)
+        session.close()  # what a crash leaves: an active session whose lock is free
+        hooks = Hooks()
+        found: list[Event] = []
+        hooks.subscribe(found.append, Recovery)
+        with open_store(path, hooks=hooks, checkpoints=MANUAL_ONLY):
+            pass
+    (event,) = found
+    assert isinstance(event, Recovery)
+    (crashed,) = event.crashed_sessions
+    assert crashed.session.id == session.id
+    assert crashed.workflows[0].in_doubt == ("fetch",)
+    assert "1 crashed session(s), 1 step(s) in doubt" in event.summary
+    quiet: list[Event] = []
+    hooks = Hooks()
+    hooks.subscribe(quiet.append)
+    with open_store(str(tmp_path / "fresh"), hooks=hooks):
+        pass
+    assert quiet == []
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_user_timed_operations_and_fsyncs_are_in_the_metrics(tmp_path: Path) -> None:
+    with open_store(str(tmp_path / "s"), checkpoints=MANUAL_ONLY) as api:
+        api.create_workflow("w", "W", STEPS)
+        api.update_step("w", "fetch", "running")
+        with pytest.raises(ValidationError):
+            api.update_step("w", "fetch", "skipped")
+        state = api.load("w")
+        api.save(state)
+        info = api.checkpoint("w")
+        api.restore(info.id)
+        snapshot = api.metrics()
+    ops = snapshot.operations
+    assert (ops["commit"].count, ops["commit"].errors) == (3, 1)
+    assert ops["load"].count == 1 and ops["save"].count == 1
+    assert ops["checkpoint"].count == 1 and ops["restore"].count == 1
+    assert ops["fsync"].count >= 4  # production: every commit waited for an fdatasync
+    assert all(op.mean_s >= 0 for op in ops.values())
+    assert snapshot.store is not None and snapshot.store.workflows == 1
+
+
+def test_metrics_check_the_thresholds(tmp_path: Path) -> None:
+    alerts: list[Alert] = []
+    metrics = Metrics(thresholds=Thresholds(max_log_bytes=100), on_alert=alerts.append)
+    with open_store(str(tmp_path / "s"), metrics=metrics) as api:
+        api.create_workflow("w", "W", STEPS)
+        api.metrics()
+        api.metrics()  # once per crossing
+    assert [a.name for a in alerts] == ["log_bytes"]
+
+
+# -- automatic checkpoints ------------------------------------------------------------------------
+
+SIX = tuple(WorkflowStep(id=f"s{i}", name=f"s{i}") for i in range(6))
+
+
+def _complete(api: WorkflowStore, workflow_id: str, step_id: str) -> None:
+    api.update_step(workflow_id, step_id, "running")
+    api.update_step(workflow_id, step_id, "completed")
+
+
+def test_a_checkpoint_every_n_completed_steps_and_at_milestones(tmp_path: Path) -> None:
+    auto = AutoCheckpoints(every_completed_steps=2, milestones=frozenset({"s2"}))
+    created: list[Event] = []
+    hooks = Hooks()
+    hooks.subscribe(created.append, CheckpointCreated)
+    with open_store(
+        str(tmp_path / "s"), hooks=hooks, auto_checkpoints=auto, checkpoints=MANUAL_ONLY
+    ) as api:
+        api.create_workflow("w", "W", SIX)
+        taken: list[tuple[str, ...]] = []
+        for step in SIX:
+            _complete(api, "w", step.id)
+            taken.append(tuple(c.type for c in api.checkpoints("w")))
+        checkpoints = api.checkpoints("w")
+        assert taken == [
+            (),
+            ("automatic",),
+            ("post_step", "automatic"),  # s2, a milestone
+            ("automatic", "post_step", "automatic"),  # 4 completed
+            ("automatic", "post_step", "automatic"),
+            ("automatic", "automatic", "post_step", "automatic"),
+        ]
+        milestone = api.checkpoints("w", tag=MILESTONE_TAG)
+        assert [c.description for c in milestone] == ["milestone s2"]
+        assert api.store.checkpoint_state(checkpoints[0].id).workflow.progress == 100.0
+    announced = [e.checkpoint_id for e in created if isinstance(e, CheckpointCreated)]
+    assert announced == [c.id for c in reversed(checkpoints)]
+
+
+def test_a_failed_automatic_checkpoint_does_not_fail_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    auto = AutoCheckpoints(every_completed_steps=1)
+    with open_store(str(tmp_path / "s"), auto_checkpoints=auto, checkpoints=MANUAL_ONLY) as api:
+        api.create_workflow("w", "W", SIX)
+        api.update_step("w", "s0", "running")
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise StorePoisonedError("disk gone")
+
+        monkeypatch.setattr(api.store, "checkpoint", refuse)
+        lsn = api.update_step("w", "s0", "completed")
+        assert api.load("w").metadata.last_lsn == lsn
+        assert api.metrics().operations["checkpoint"].errors == 1
+    assert "automatic checkpoint of 'w' failed: disk gone" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"every_completed_steps": 0}, "every_completed_steps"),
+        ({"every_completed_steps": True}, "every_completed_steps"),
+        ({"milestones": {"s1"}}, "milestones"),
+        ({"milestones": frozenset({1})}, "milestones"),
+    ],
+)
+def test_bad_automatic_checkpoint_options_are_refused(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        AutoCheckpoints(**options)
+    assert raised.value.field == field
+
+
+@pytest.mark.parametrize("option", ["hooks", "metrics", "auto_checkpoints"])
+def test_the_api_checks_its_collaborators(tmp_path: Path, option: str) -> None:
+    options: dict[str, Any] = {option: object()}
+    with pytest.raises(ValidationError) as raised:
+        open_store(str(tmp_path / "s"), **options)
+    assert raised.value.field == option
+    assert not os.path.exists(tmp_path / "s")

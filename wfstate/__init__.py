@@ -3,7 +3,7 @@
 The public surface is re-exported here; everything else is internal and may change.
 """
 
-from wfstate.api import WorkflowStore, open_store
+from wfstate.api import MILESTONE_TAG, AutoCheckpoints, WorkflowStore, open_store
 from wfstate.asyncapi import AsyncWorkflowStore
 from wfstate.backends.local import LocalStore, Session
 from wfstate.backends.memory import MemoryStore
@@ -34,6 +34,21 @@ from wfstate.errors import (
     WfstateError,
 )
 from wfstate.format import FORMAT_VERSION
+from wfstate.hooks import (
+    CheckpointCreated,
+    Event,
+    Hooks,
+    Recovery,
+    SessionEnded,
+    SessionStarted,
+    StepCompleted,
+    StepFailed,
+    StepStarted,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+)
+from wfstate.metrics import Alert, Metrics, MetricsSnapshot, OperationStats, Thresholds
 from wfstate.model import SCHEMA_VERSION, WorkflowContext, WorkflowState, WorkflowStep
 from wfstate.mutations import (
     CreateWorkflow,
@@ -64,11 +79,15 @@ __version__ = "0.1.0"
 __all__ = [
     "FORMAT_VERSION",
     "MANUAL_ONLY",
+    "MILESTONE_TAG",
     "PRESETS",
     "SCHEMA_VERSION",
+    "Alert",
     "AsyncWorkflowStore",
+    "AutoCheckpoints",
     "BackendError",
     "CheckpointCheck",
+    "CheckpointCreated",
     "CheckpointInfo",
     "CheckpointPolicy",
     "CheckpointType",
@@ -81,16 +100,22 @@ __all__ = [
     "DeleteWorkflow",
     "Durability",
     "DurableRun",
+    "Event",
     "FormatVersionError",
+    "Hooks",
     "LocalStore",
     "LockTimeoutError",
     "Log",
     "LogDamage",
     "MemoryStore",
+    "Metrics",
+    "MetricsSnapshot",
     "Mutation",
     "NotFoundError",
+    "OperationStats",
     "PutStepOutput",
     "Record",
+    "Recovery",
     "RecoveryMode",
     "RecoverySuggestion",
     "ReplaceState",
@@ -99,24 +124,33 @@ __all__ = [
     "SchemaUpgrades",
     "SchemaVersionError",
     "Session",
+    "SessionEnded",
     "SessionInfo",
+    "SessionStarted",
     "SetAgentState",
     "SetStepStatus",
     "SetWorkflowStatus",
     "StaleOwnerError",
+    "StepCompleted",
+    "StepFailed",
     "StepFailedError",
     "StepRecord",
+    "StepStarted",
     "Store",
     "StoreConfig",
     "StorePoisonedError",
     "StoreStats",
+    "Thresholds",
     "TornWriteError",
     "TransactionError",
     "UpdateContext",
     "ValidationError",
     "WfstateError",
+    "WorkflowCompleted",
     "WorkflowContext",
+    "WorkflowFailed",
     "WorkflowPlan",
+    "WorkflowStarted",
     "WorkflowState",
     "WorkflowStep",
     "WorkflowStore",

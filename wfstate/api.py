@@ -13,18 +13,49 @@ as :attr:`WorkflowStore.store` for anything this surface leaves out) and keeps i
 * ``session=``: a :class:`~wfstate.backends.local.Session` this store's handle owns (from
   :meth:`WorkflowStore.start_session` / :meth:`WorkflowStore.resume_session`); the write is
   fenced by its token (``StaleOwnerError`` once another owner took it over, nothing written).
+
+Hooks (:mod:`wfstate.hooks`)
+    Events are emitted on :attr:`WorkflowStore.hooks` only after the call that caused them
+    returned durably, on the calling thread, with no lock held: the workflow and step events
+    of each batch written through this surface (:func:`~wfstate.hooks.events_for`, ``at`` the
+    time the commit was acknowledged), ``CheckpointCreated`` for checkpoints taken through it
+    (:meth:`WorkflowStore.checkpoint` and :class:`AutoCheckpoints`; the store policy's own
+    automatic checkpoints are not announced), ``SessionStarted`` / ``SessionEnded``, and
+    ``Recovery`` from :func:`open_store` when sessions whose owner died are found. A
+    subscriber that raises is reported by the registry (logged, counted, ``on_error``) and
+    never fails the call.
+
+Metrics (:mod:`wfstate.metrics`)
+    Writes of a batch are timed as ``"commit"``, and ``save``, ``load``, ``checkpoint``,
+    ``restore`` under their names (failed calls count as errors); the log reports each
+    fdatasync as ``"fsync"``. :meth:`WorkflowStore.metrics` returns them with the store's
+    sizes and checks them against the thresholds of the :class:`~wfstate.metrics.Metrics`.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
+
+import msgspec
 
 from wfstate.backends.local import LocalStore, Session
-from wfstate.checkpointindex import CheckpointInfo
+from wfstate.checkpointindex import CheckpointInfo, CheckpointType
 from wfstate.checkpointreports import RecoverySuggestion, StoreStats
 from wfstate.config import StoreConfig, resolve_config
-from wfstate.errors import ValidationError
+from wfstate.errors import NotFoundError, ValidationError, WfstateError
+from wfstate.hooks import (
+    CheckpointCreated,
+    Hooks,
+    Recovery,
+    SessionEnded,
+    SessionStarted,
+    events_for,
+)
+from wfstate.metrics import Metrics, MetricsSnapshot
 from wfstate.model import (
     JSONValue,
     StepStatus,
@@ -43,8 +74,50 @@ from wfstate.mutations import (
 )
 from wfstate.sessions import CrashedSession, SessionInfo
 
+LOGGER: Final = logging.getLogger("wfstate.api")
 
-def open_store(path: str, preset: str = "production", **overrides: object) -> WorkflowStore:
+MILESTONE_TAG: Final = "milestone"
+"""The tag of a checkpoint :class:`AutoCheckpoints` takes at a milestone step."""
+
+
+class AutoCheckpoints(msgspec.Struct, frozen=True, kw_only=True):
+    """Checkpoints :class:`WorkflowStore` takes on its own after a batch written through it
+    completes steps, on top of the store's :class:`~wfstate.checkpointpolicy.CheckpointPolicy`
+    (which already takes ``error`` checkpoints after a failure, with ``on_error``).
+
+    ``every_completed_steps``: a checkpoint (type ``automatic``) each time a workflow's count
+    of completed steps reaches a multiple of N, as this handle sees it (None: off).
+    ``milestones``: step ids whose completion takes a checkpoint (type ``post_step``, tagged
+    :data:`MILESTONE_TAG`, described ``"milestone <step id>"``). One checkpoint per workflow
+    per batch. Taken after the batch is durable, by the committing thread; a checkpoint that
+    fails is logged on ``wfstate.api`` and counted as a failed ``"checkpoint"`` in the
+    metrics, and never fails the write that triggered it.
+    """
+
+    every_completed_steps: int | None = None
+    milestones: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        n = self.every_completed_steps
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValidationError(
+                "every_completed_steps", f"must be an int >= 1 or None, not {n!r}"
+            )
+        if not isinstance(self.milestones, frozenset) or not all(
+            isinstance(step_id, str) for step_id in self.milestones
+        ):
+            raise ValidationError("milestones", "must be a frozenset of step ids")
+
+
+def open_store(
+    path: str,
+    preset: str = "production",
+    *,
+    hooks: Hooks | None = None,
+    metrics: Metrics | None = None,
+    auto_checkpoints: AutoCheckpoints | None = None,
+    **overrides: object,
+) -> WorkflowStore:
     """Open (creating if needed) the store in directory ``path`` with the configuration
     ``resolve_config(preset, **overrides)`` (:mod:`wfstate.config`): the presets are
     ``"development"`` (``durability="none"``: an OS crash loses what the OS had not flushed; a
@@ -53,10 +126,38 @@ def open_store(path: str, preset: str = "production", **overrides: object) -> Wo
     (``"interval"``: an OS crash loses up to the last ~100 ms); ``overrides`` are
     :class:`~wfstate.config.StoreConfig` fields. An unknown preset or option, or a bad value,
     raises ``ValidationError`` naming it before anything is created on disk. Recovery runs
-    before this returns.
+    before this returns; if it finds sessions whose owner died, a ``Recovery`` event naming
+    them (with a plan per workflow) is emitted on ``hooks`` before this returns.
+    ``hooks``, ``metrics``, ``auto_checkpoints``: as :class:`WorkflowStore` takes them.
     """
     config = resolve_config(preset, **overrides)
-    return WorkflowStore(LocalStore.open(path, **config.open_kwargs()), config=config)
+    _check_collaborators(hooks, metrics, auto_checkpoints)
+    api = WorkflowStore(
+        LocalStore.open(path, **config.open_kwargs()),
+        config=config,
+        hooks=hooks,
+        metrics=metrics,
+        auto_checkpoints=auto_checkpoints,
+    )
+    try:
+        crashed = api.crashed_sessions()
+    except BaseException:
+        api.close()
+        raise
+    if crashed:
+        api.hooks.emit(Recovery(at=time.time(), crashed_sessions=tuple(crashed)))
+    return api
+
+
+def _check_collaborators(hooks: object, metrics: object, auto_checkpoints: object) -> None:
+    if hooks is not None and not isinstance(hooks, Hooks):
+        raise ValidationError("hooks", f"must be a wfstate.hooks.Hooks, not {hooks!r}")
+    if metrics is not None and not isinstance(metrics, Metrics):
+        raise ValidationError("metrics", f"must be a wfstate.metrics.Metrics, not {metrics!r}")
+    if auto_checkpoints is not None and not isinstance(auto_checkpoints, AutoCheckpoints):
+        raise ValidationError(
+            "auto_checkpoints", f"must be a wfstate.AutoCheckpoints, not {auto_checkpoints!r}"
+        )
 
 
 class WorkflowStore:
@@ -64,18 +165,47 @@ class WorkflowStore:
     :class:`~wfstate.backends.local.LocalStore` (see the module docstring for the contract of
     every method). Thread-safe as the store is. Use :func:`open_store`, or wrap a store opened
     yourself; closing this closes the store. A context manager. ``config``: what
-    :func:`open_store` opened the store with (None for a store the caller opened)."""
+    :func:`open_store` opened the store with (None for a store the caller opened).
 
-    def __init__(self, store: LocalStore, *, config: StoreConfig | None = None) -> None:
+    ``hooks``: the registry events are emitted on (a new one if None; subscribe with
+    ``api.hooks.subscribe``). ``metrics``: where operations are timed (a new one if None;
+    pass your own for thresholds and ``on_alert``); it becomes the log's sync observer.
+    ``auto_checkpoints``: see :class:`AutoCheckpoints` (None: none beyond the store's policy).
+    """
+
+    def __init__(
+        self,
+        store: LocalStore,
+        *,
+        config: StoreConfig | None = None,
+        hooks: Hooks | None = None,
+        metrics: Metrics | None = None,
+        auto_checkpoints: AutoCheckpoints | None = None,
+    ) -> None:
         if not isinstance(store, LocalStore):
             raise ValidationError("store", f"must be a LocalStore, not {type(store).__name__}")
+        _check_collaborators(hooks, metrics, auto_checkpoints)
         self.store = store
         self.config = config
+        self.hooks = hooks if hooks is not None else Hooks()
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._auto = auto_checkpoints
+        self._completed_seen: dict[str, int] = {}  # workflow -> completed steps last seen
+        self._seen_lock = threading.Lock()
+        # the log is the engine's; only it can time its fdatasyncs
+        store._log.set_sync_observer(self._metrics.observe_sync)
 
     # -- workflows ----------------------------------------------------------------------------
     def commit(self, mutations: Sequence[Mutation], *, session: Session | None = None) -> int:
-        """Apply ``mutations`` as one atomic batch; durable when this returns; its LSN."""
-        return self.store.commit(mutations, session=session)
+        """Apply ``mutations`` as one atomic batch; durable when this returns; its LSN. Then
+        its events are emitted and automatic checkpoints taken (module docstring)."""
+        with self._metrics.timed("commit"):
+            lsn = self.store.commit(mutations, session=session)
+        for event in events_for(mutations, time.time(), lsn=lsn):
+            self.hooks.emit(event)
+        if self._auto is not None:
+            self._auto_checkpoint(self._auto, mutations)
+        return lsn
 
     def create_workflow(
         self,
@@ -172,15 +302,18 @@ class WorkflowStore:
 
     def save(self, state: WorkflowState, *, session: Session | None = None) -> int:
         """Store ``state`` whole (the workflow is created if absent); its LSN."""
-        return self.store.save(state, session=session)
+        with self._metrics.timed("save"):
+            return self.store.save(state, session=session)
 
     def load(self, workflow_id: str) -> WorkflowState:
         """The committed, durable state of ``workflow_id``; ``NotFoundError`` if none."""
-        return self.store.load(workflow_id)
+        with self._metrics.timed("load"):
+            return self.store.load(workflow_id)
 
     def delete(self, workflow_id: str, *, session: Session | None = None) -> int:
         """Delete ``workflow_id`` (``NotFoundError`` if absent); its LSN."""
-        return self.store.delete(workflow_id, session=session)
+        with self._metrics.timed("commit"):
+            return self.store.delete(workflow_id, session=session)
 
     def list_workflows(self) -> list[str]:
         """Ids of every workflow, sorted."""
@@ -192,7 +325,53 @@ class WorkflowStore:
     ) -> CheckpointInfo:
         """Checkpoint the workflow's committed state (a ``manual`` checkpoint); its index entry,
         returned once the checkpoint is durable."""
-        return self.store.checkpoint(workflow_id, description=description, tags=tags)
+        return self._checkpoint(workflow_id, description, tags, "manual")
+
+    def _checkpoint(
+        self, workflow_id: str, description: str, tags: Sequence[str], kind: CheckpointType
+    ) -> CheckpointInfo:
+        with self._metrics.timed("checkpoint"):
+            info = self.store.checkpoint(workflow_id, description=description, tags=tags, type=kind)
+        self.hooks.emit(
+            CheckpointCreated(
+                at=info.created, workflow_id=workflow_id, checkpoint_id=info.id, type=info.type
+            )
+        )
+        return info
+
+    def _auto_checkpoint(self, auto: AutoCheckpoints, mutations: Sequence[Mutation]) -> None:
+        """Take the checkpoints ``auto`` asks for after the committed ``mutations``."""
+        completed: dict[str, list[str]] = {}
+        for m in mutations:
+            if isinstance(m, SetStepStatus) and m.status == "completed":
+                completed.setdefault(m.workflow_id, []).append(m.step_id)
+        for workflow_id, step_ids in completed.items():
+            reached = [s for s in step_ids if s in auto.milestones]
+            every = auto.every_completed_steps
+            try:
+                if reached:
+                    description = " ".join(f"milestone {s}" for s in reached)
+                    self._checkpoint(workflow_id, description, (MILESTONE_TAG,), "post_step")
+                    self._crossed(workflow_id, every, len(step_ids))  # one per batch
+                elif self._crossed(workflow_id, every, len(step_ids)):
+                    self._checkpoint(workflow_id, f"every {every} completed steps", (), "automatic")
+            except NotFoundError:
+                continue  # deleted meanwhile
+            except (WfstateError, OSError) as exc:  # timed as a failed checkpoint
+                LOGGER.warning("automatic checkpoint of %r failed: %s", workflow_id, exc)
+
+    def _crossed(self, workflow_id: str, every: int | None, completed: int) -> bool:
+        """Whether ``workflow_id``'s count of completed steps reached a new multiple of
+        ``every`` since this handle last counted it (never counted: since before the batch,
+        which completed ``completed`` steps)."""
+        if every is None:
+            return False
+        steps = self.store.load(workflow_id).workflow.steps
+        count = sum(1 for step in steps if step.status == "completed")
+        with self._seen_lock:
+            seen = self._completed_seen.get(workflow_id, max(count - completed, 0))
+            self._completed_seen[workflow_id] = count
+        return count > seen and count // every > seen // every
 
     def checkpoints(
         self, workflow_id: str | None = None, *, tag: str | None = None, limit: int | None = None
@@ -204,7 +383,8 @@ class WorkflowStore:
         """Make the checkpoint's state its workflow's current state, as a logged batch (a
         later restore undoes it); its LSN. ``CorruptionError`` if the checkpoint does not read,
         and nothing changes."""
-        return self.store.restore(checkpoint_id)
+        with self._metrics.timed("restore"):
+            return self.store.restore(checkpoint_id)
 
     def recovery_suggestions(self, workflow_id: str) -> RecoverySuggestion:
         """Which checkpoint to restore the workflow to, which are bad, what restoring undoes."""
@@ -213,18 +393,28 @@ class WorkflowStore:
     # -- sessions -----------------------------------------------------------------------------
     def start_session(self, user: str, metadata: Mapping[str, Any] | None = None) -> Session:
         """Start and own a session of ``user``; its start is durable when this returns. Pass
-        the handle as ``session=`` to writes; end it with :meth:`end_session`."""
-        return self.store.start_session(user, metadata)
+        the handle as ``session=`` to writes; end it with :meth:`end_session` (``Session.end``
+        ends it without the ``SessionEnded`` event)."""
+        session = self.store.start_session(user, metadata)
+        self.hooks.emit(SessionStarted(at=time.time(), session_id=session.id))
+        return session
 
     def resume_session(self, session_id: str) -> Session:
         """Take over a session whose owner died (``LockTimeoutError`` if it is alive); from
         then on the previous owner's writes raise ``StaleOwnerError``."""
-        return self.store.resume_session(session_id)
+        session = self.store.resume_session(session_id)
+        self.hooks.emit(SessionStarted(at=time.time(), session_id=session.id, resumed=True))
+        return session
 
     def end_session(self, session: Session, *, final_checkpoint: bool = True) -> str:
         """End ``session`` in one transaction (with a final checkpoint of each workflow it
         wrote); its transaction id. Afterwards the session accepts no writes."""
-        return self.store.end_session(session, final_checkpoint)
+        txn_id = self.store.end_session(session, final_checkpoint)
+        info = next((i for i in self.store.sessions() if i.id == session.id), None)
+        ended = info.ended if info is not None and info.ended is not None else time.time()
+        workflows = info.workflows if info is not None else ()
+        self.hooks.emit(SessionEnded(at=ended, session_id=session.id, workflows=workflows))
+        return txn_id
 
     def sessions(self) -> list[SessionInfo]:
         """Every session the store knows, active or ended, sorted by id."""
@@ -238,6 +428,14 @@ class WorkflowStore:
     def stats(self) -> StoreStats:
         """Sizes of the log and the checkpoints (see :class:`StoreStats`)."""
         return self.store.stats()
+
+    def metrics(self) -> MetricsSnapshot:
+        """The timings of every operation so far with the store's sizes (``stats()``), after
+        checking them against the metrics' thresholds (an alert fires once per crossing, to
+        its ``on_alert``)."""
+        snapshot = self._metrics.snapshot(self.store.stats())
+        self._metrics.check(snapshot)
+        return snapshot
 
     def close(self) -> None:
         """Close the store (sessions this handle owns are released, not ended); idempotent."""

@@ -13,7 +13,9 @@ fdatasync (group commit), which a single thread would forbid. Calls awaited one 
 are concurrent, as calls of threads are, and each validates against the commits before it.
 
 Cancelling a coroutine does not cancel its call: the thread finishes it (a commit may still
-become durable); only the result is dropped.
+become durable); only the result is dropped. Hook subscribers run in the worker thread that
+made the call, not on the event loop: one that touches the loop must use
+``loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from wfstate.api import WorkflowStore, open_store
+from wfstate.api import AutoCheckpoints, WorkflowStore, open_store
 from wfstate.backends.local import Session
 from wfstate.checkpointindex import CheckpointInfo
 from wfstate.checkpointreports import RecoverySuggestion, StoreStats
 from wfstate.errors import ValidationError
+from wfstate.hooks import Hooks
+from wfstate.metrics import Metrics, MetricsSnapshot
 from wfstate.model import (
     JSONValue,
     StepStatus,
@@ -52,10 +56,26 @@ class AsyncWorkflowStore:
 
     @classmethod
     async def open(
-        cls, path: str, preset: str = "production", **overrides: object
+        cls,
+        path: str,
+        preset: str = "production",
+        *,
+        hooks: Hooks | None = None,
+        metrics: Metrics | None = None,
+        auto_checkpoints: AutoCheckpoints | None = None,
+        **overrides: object,
     ) -> AsyncWorkflowStore:
         """:func:`~wfstate.api.open_store` in a worker thread (recovery can take a while)."""
-        return cls(await asyncio.to_thread(open_store, path, preset, **overrides))
+        api = await asyncio.to_thread(
+            open_store,
+            path,
+            preset,
+            hooks=hooks,
+            metrics=metrics,
+            auto_checkpoints=auto_checkpoints,
+            **overrides,
+        )
+        return cls(api)
 
     # -- workflows ----------------------------------------------------------------------------
     async def commit(self, mutations: Sequence[Mutation], *, session: Session | None = None) -> int:
@@ -184,6 +204,9 @@ class AsyncWorkflowStore:
     # -- figures and lifetime -----------------------------------------------------------------
     async def stats(self) -> StoreStats:
         return await asyncio.to_thread(self.sync.stats)
+
+    async def metrics(self) -> MetricsSnapshot:
+        return await asyncio.to_thread(self.sync.metrics)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.sync.close)
