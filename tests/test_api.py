@@ -177,6 +177,15 @@ def test_checkpoint_restore_and_recovery_suggestions(api: WorkflowStore) -> None
     state = api.load("w")
     assert state.metadata.last_lsn == lsn
     assert state.workflow.steps[0].status == "running" and "fetch" not in state.outputs
+    with pytest.raises(NotFoundError):
+        api.store.read_state_file("w")  # a plain restore writes no state file
+    lsn = api.restore(later.id, to_file=True)
+    assert api.load("w").metadata.last_lsn == lsn
+    assert api.store.read_state_file("w") == api.load("w")
+    assert api.load("w").outputs["fetch"][-1].data == {"rows": 1}
+    with pytest.raises(ValidationError) as raised:
+        api.restore(later.id, to_file=1)  # type: ignore[arg-type]
+    assert raised.value.field == "to_file"
 
 
 def test_writes_in_a_session_are_fenced_and_end_in_one_transaction(tmp_path: Path) -> None:

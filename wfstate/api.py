@@ -379,12 +379,14 @@ class WorkflowStore:
         """The checkpoints (of ``workflow_id``, carrying ``tag``), newest first."""
         return self.store.checkpoints(workflow_id, tag=tag, limit=limit)
 
-    def restore(self, checkpoint_id: str) -> int:
+    def restore(self, checkpoint_id: str, *, to_file: bool = False) -> int:
         """Make the checkpoint's state its workflow's current state, as a logged batch (a
-        later restore undoes it); its LSN. ``CorruptionError`` if the checkpoint does not read,
-        and nothing changes."""
+        later restore undoes it); its LSN. With ``to_file``, the batch and the workflow state
+        file ``workflows/<id>.state`` holding the restored state are one transaction (after
+        any crash both happened or neither). ``CorruptionError`` if the checkpoint does not
+        read, and nothing changes."""
         with self._metrics.timed("restore"):
-            return self.store.restore(checkpoint_id)
+            return self.store.restore(checkpoint_id, to_file=to_file)
 
     def recovery_suggestions(self, workflow_id: str) -> RecoverySuggestion:
         """Which checkpoint to restore the workflow to, which are bad, what restoring undoes."""

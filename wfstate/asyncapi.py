@@ -177,8 +177,8 @@ class AsyncWorkflowStore:
     ) -> list[CheckpointInfo]:
         return await asyncio.to_thread(self.sync.checkpoints, workflow_id, tag=tag, limit=limit)
 
-    async def restore(self, checkpoint_id: str) -> int:
-        return await asyncio.to_thread(self.sync.restore, checkpoint_id)
+    async def restore(self, checkpoint_id: str, *, to_file: bool = False) -> int:
+        return await asyncio.to_thread(self.sync.restore, checkpoint_id, to_file=to_file)
 
     async def recovery_suggestions(self, workflow_id: str) -> RecoverySuggestion:
         return await asyncio.to_thread(self.sync.recovery_suggestions, workflow_id)
