@@ -230,7 +230,10 @@ class SessionTable:
 # -- the session record file (docs/format.md §11.3) --------------------------------------------
 
 
-class _RecordPayload(msgspec.Struct, frozen=True, kw_only=True):
+class SessionRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The payload of a session record file (docs/format.md §11.3), also a bundle's `session`
+    (§11.4); fields in sorted order, so they are written sorted."""
+
     ended: float | None
     id: str
     metadata: dict[str, Any]
@@ -241,21 +244,38 @@ class _RecordPayload(msgspec.Struct, frozen=True, kw_only=True):
     workflows: tuple[str, ...]
 
 
+def session_record(info: SessionInfo) -> SessionRecord:
+    """The record payload of ``info`` (its status is implied by ``ended``)."""
+    return SessionRecord(
+        ended=info.ended,
+        id=info.id,
+        metadata=info.metadata,
+        started=info.started,
+        token=info.token,
+        user=info.user,
+        v=SESSION_VERSION,
+        workflows=info.workflows,
+    )
+
+
+def session_info(record: SessionRecord) -> SessionInfo:
+    """The session a record payload describes (``ended`` when it names an end time)."""
+    return SessionInfo(
+        id=record.id,
+        user=record.user,
+        metadata=record.metadata,
+        token=record.token,
+        status="active" if record.ended is None else "ended",
+        started=record.started,
+        ended=record.ended,
+        workflows=record.workflows,
+    )
+
+
 def encode_session_file(info: SessionInfo) -> bytes:
     """The bytes of ``sessions/<id>.session`` for ``info``: the 32-byte header (magic,
     format version, length, payload and header checksums), then the payload map."""
-    payload = ENCODER.encode(
-        _RecordPayload(
-            ended=info.ended,
-            id=info.id,
-            metadata=info.metadata,
-            started=info.started,
-            token=info.token,
-            user=info.user,
-            v=SESSION_VERSION,
-            workflows=info.workflows,
-        )
-    )
+    payload = ENCODER.encode(session_record(info))
     head = SESSION_HEADER.pack(SESSION_MAGIC, FORMAT_VERSION, 0, len(payload), xxh3(payload), 0)
     head = head[:SESSION_HEADER_CHECKED]
     return head + xxh3(head).to_bytes(8, "little") + payload
@@ -284,19 +304,10 @@ def decode_session_file(data: bytes, path: str) -> SessionInfo:
     if xxh3(payload) != payload_checksum:
         raise CorruptionError(path, SESSION_HEADER_SIZE, "payload checksum mismatch")
     try:
-        record = decode_versioned(payload, _RecordPayload, "session_file", SESSION_VERSION)
+        record = decode_versioned(payload, SessionRecord, "session_file", SESSION_VERSION)
     except ValidationError as exc:
         raise CorruptionError(path, SESSION_HEADER_SIZE, str(exc)) from exc
-    return SessionInfo(
-        id=record.id,
-        user=record.user,
-        metadata=record.metadata,
-        token=record.token,
-        status="active" if record.ended is None else "ended",
-        started=record.started,
-        ended=record.ended,
-        workflows=record.workflows,
-    )
+    return session_info(record)
 
 
 # -- crash plans ---------------------------------------------------------------------------------

@@ -43,6 +43,13 @@ from typing import Any, Final
 
 import msgspec
 
+from wfstate.bundle import (
+    checkpoint_name,
+    decode_bundle,
+    encode_bundle,
+    session_file_name,
+    state_file_name,
+)
 from wfstate.checkpointfile import decode_checkpoint, encode_checkpoint, read_header
 from wfstate.checkpointindex import (
     Anchor,
@@ -1061,8 +1068,9 @@ class LocalStore(TableStore):
             with self._held() as writer:
                 lsn = writer.next_lsn
                 plan = build(lsn, self._clock())
+                starting = {event.id for event in plan.sessions if event.event == "start"}
                 for event in plan.sessions:
-                    if event.event != "start":
+                    if event.id not in starting:
                         self._sessions.check_owner(event.id, event.token)
                 batch = encode_mutations(plan.batch, session=plan.owner) if plan.batch else b""
                 txn = prepare(
@@ -1447,6 +1455,146 @@ class LocalStore(TableStore):
         txn_id = self._transact(build)
         session.close()
         return txn_id
+
+    def export_session(self, session_id: str) -> bytes:
+        """The session ``session_id`` as a bundle (docs/format.md §11.4): its record, the
+        committed state of each workflow it wrote that is live, and every checkpoint of those
+        workflows' live incarnations (and imported ones) that reads, each written full. The
+        states are durable ones. Bad checkpoints are left out (they would not import).
+        Writes nothing. ``ValidationError`` naming ``session_id`` for a malformed id,
+        ``NotFoundError`` for a session the log does not know."""
+        if not is_session_id(session_id):
+            raise ValidationError("session_id", f"not a session id: {session_id!r}")
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            info = self._sessions.get(session_id)
+            if info is None:
+                raise NotFoundError(f"session_id: no session {session_id!r}")
+            files: dict[str, bytes] = {}
+            workflows: list[str] = []
+            entries: list[CheckpointInfo] = []
+            last = 0
+            for workflow_id in info.workflows:
+                state = self._current(workflow_id)
+                origin = self._table.origin(workflow_id)
+                if state is None or origin is None:
+                    continue
+                workflows.append(workflow_id)
+                last = max(last, state.metadata.last_lsn)
+                files[state_file_name(workflow_id)] = self._full_file(origin, state)[0]
+                for ck in self._index.of_workflow(workflow_id):
+                    if ck.origin not in (origin, 0):
+                        continue
+                    try:
+                        ck_state = self._read_checkpoint(ck)
+                    except CorruptionError:
+                        continue
+                    data = self._encode_full(ck, ck.origin, ck_state)
+                    entry = self._entry_of(ck, data, ck.origin)
+                    files[checkpoint_name(entry)] = data
+                    entries.append(entry)
+            files[session_file_name(session_id)] = encode_session_file(info)
+            created = self._clock()
+            epoch = self._log.epoch
+        self._wait_durable(last)
+        return encode_bundle(
+            session=info,
+            epoch=epoch,
+            created=created,
+            workflows=workflows,
+            checkpoints=entries,
+            files=files,
+        )
+
+    def import_session(self, data: bytes) -> SessionInfo:
+        """Import a bundle made by :meth:`export_session` (of this store or another), in ONE
+        transaction (docs/format.md §10, §11.4): each bundled workflow created with its
+        bundled state (attributed to the session), its state file, each bundled checkpoint as
+        an imported one (§9.8: listed, verified, restorable; never a base for loading), the
+        session record file and the session itself (a ``start``; and an ``end`` if it had
+        ended: an imported active session is listed as crashed until resumed). After any crash
+        either all of it is there or none. Returns the session as this store now has it.
+
+        Everything is checked before anything is written: ``CorruptionError`` naming the
+        bundle part for a damaged, truncated or inconsistent bundle (``FormatVersionError`` /
+        ``SchemaVersionError`` for a newer one); ``ValidationError`` naming ``bundle.session``
+        / ``bundle.workflows[i]`` / ``bundle.checkpoints[i]`` when it clashes with this store
+        (a known session, a live workflow, a known checkpoint id), checked under the writers'
+        lock. Failures of the transaction as in :meth:`write_state_files`.
+        """
+        bundle = decode_bundle(data)
+        source = bundle.session
+
+        def build(lsn: int, now: float) -> _TxnPlan:
+            if self._sessions.get(source.id) is not None:
+                raise ValidationError("bundle.session", f"{source.id} is known to this store")
+            for i, workflow_id in enumerate(bundle.states):
+                if self._table.origin(workflow_id) is not None:
+                    raise ValidationError(f"bundle.workflows[{i}]", f"{workflow_id!r} exists")
+            for i, (info, _state) in enumerate(bundle.checkpoints):
+                if info.id in self._index:
+                    raise ValidationError(f"bundle.checkpoints[{i}]", f"{info.id} exists")
+            plan = _TxnPlan(owner=(source.id, 1))
+            batch: list[Mutation] = []
+            for state in bundle.states.values():
+                batch.extend(self._table.save_batch(state, now))
+            if batch:
+                plan.batch, plan.results = self._table.prepare(batch, now)
+            for result in plan.results.values():
+                assert result is not None  # each bundled workflow is created and replaced
+                plan.participants.append(self._state_file(lsn, stamped_with(result, lsn)))
+            for info, state in bundle.checkpoints:
+                data = self._encode_full(info, 0, state)
+                entry = self._entry_of(info, data, 0)
+                plan.participants.append(Participant(checkpoint_name(entry), data))
+                plan.checkpoints.append((entry, state))
+            imported = msgspec.structs.replace(
+                source, token=1, workflows=tuple(sorted(bundle.states))
+            )
+            plan.participants.append(
+                Participant(session_file_name(source.id), encode_session_file(imported))
+            )
+            start = make_event(
+                source.id, "start", 1, at=source.started, user=source.user, metadata=source.metadata
+            )
+            plan.sessions.append(start)
+            if source.ended is not None:
+                plan.sessions.append(make_event(source.id, "end", 1, at=source.ended))
+            return plan
+
+        self._transact(build)
+        with self._mutex:
+            info = self._sessions.get(source.id)
+        assert info is not None
+        return info
+
+    def _encode_full(self, info: CheckpointInfo, origin: int, state: WorkflowState) -> bytes:
+        """``info``'s state as a full checkpoint file of this store under ``info``'s id and
+        LSN, with ``origin`` (0: imported, docs/format.md §9.8)."""
+        return encode_checkpoint(
+            checkpoint_id=info.id,
+            workflow_id=info.workflow_id,
+            origin=origin,
+            lsn=info.lsn,
+            epoch=self._log.epoch,
+            parent=None,
+            state=state,
+            delta=None,
+            compression=self._policy.compression,
+        )
+
+    @staticmethod
+    def _entry_of(info: CheckpointInfo, data: bytes, origin: int) -> CheckpointInfo:
+        """``info`` describing the full file ``data`` (with ``origin``)."""
+        return msgspec.structs.replace(
+            info,
+            origin=origin,
+            parent=None,
+            file=checkpoint_file_name(info.id),
+            size=len(data),
+            checksum=read_header(data, info.file).header_checksum,
+        )
 
     def _append_session_event(
         self, session_id: str, build: Callable[[SessionInfo | None], SessionEvent]
