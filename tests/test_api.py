@@ -17,6 +17,7 @@ from tests.fsdoubles import RecordingFS
 from wfstate import (
     CheckpointPolicy,
     ClosedError,
+    CorruptionError,
     LocalStore,
     NotFoundError,
     Session,
@@ -219,6 +220,40 @@ def test_writes_in_a_session_are_fenced_and_end_in_one_transaction(tmp_path: Pat
             with pytest.raises(ValidationError) as raised:
                 other.update_step("w", "report", "running", session=taken)
             assert raised.value.field == "session"
+
+
+def test_a_session_is_exported_and_imported_into_another_store(tmp_path: Path) -> None:
+    with open_store(str(tmp_path / "a"), checkpoints=MANUAL_ONLY) as source:
+        session = source.start_session("worker")
+        source.create_workflow("w", "W", STEPS, session=session)
+        source.update_step("w", "fetch", "running", session=session)
+        source.add_output("w", "fetch", {"rows": 3}, session=session)
+        source.checkpoint("w", tags=["m"])
+        bundle = source.export_session(session.id)
+        state = source.load("w")
+        session.close()
+    with open_store(str(tmp_path / "b"), checkpoints=MANUAL_ONLY) as target:
+        before = target.stats().last_lsn
+        with pytest.raises(CorruptionError):
+            target.import_session(bundle[:-1])
+        assert target.stats().last_lsn == before
+        info = target.import_session(bundle)
+        assert (info.id, info.user, info.workflows) == (session.id, "worker", ("w",))
+        imported = target.load("w")
+        assert imported.outputs == state.outputs and imported.workflow == state.workflow
+        assert [c.tags for c in target.checkpoints("w")] == [("m",)]
+        (crashed,) = target.crashed_sessions()  # active when exported: take it over
+        taken = target.resume_session(crashed.session.id)
+        target.update_step("w", "fetch", "completed", session=taken)
+        target.end_session(taken)
+        with pytest.raises(ValidationError) as raised:
+            target.import_session(bundle)
+        assert raised.value.field == "bundle.session"
+        with pytest.raises(NotFoundError):
+            target.export_session("se-0000000000000000")
+        operations = target.metrics().operations
+        assert operations["import_session"].count == 3
+        assert operations["import_session"].errors == 2
 
 
 def test_closing_closes_the_store(tmp_path: Path) -> None:

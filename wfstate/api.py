@@ -418,6 +418,23 @@ class WorkflowStore:
         self.hooks.emit(SessionEnded(at=ended, session_id=session.id, workflows=workflows))
         return txn_id
 
+    def export_session(self, session_id: str) -> bytes:
+        """Session ``session_id`` as a self-checking bundle (docs/format.md §11.4): its record,
+        the durable state of each live workflow it wrote and their checkpoints that read.
+        Writes nothing. ``NotFoundError`` for an unknown session."""
+        with self._metrics.timed("export_session"):
+            return self.store.export_session(session_id)
+
+    def import_session(self, data: bytes) -> SessionInfo:
+        """Import a bundle from :meth:`export_session` (of any store) in one transaction: its
+        workflows, checkpoints (as imported ones) and session; an imported active session is
+        listed by :meth:`crashed_sessions` until resumed. Everything is checked before
+        anything is written: ``CorruptionError`` for a damaged bundle, ``ValidationError``
+        naming the part that clashes with this store (a known session, a live workflow, a
+        known checkpoint). No event is emitted. Returns the session as this store has it."""
+        with self._metrics.timed("import_session"):
+            return self.store.import_session(data)
+
     def sessions(self) -> list[SessionInfo]:
         """Every session the store knows, active or ended, sorted by id."""
         return self.store.sessions()

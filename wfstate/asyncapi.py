@@ -195,6 +195,12 @@ class AsyncWorkflowStore:
             self.sync.end_session, session, final_checkpoint=final_checkpoint
         )
 
+    async def export_session(self, session_id: str) -> bytes:
+        return await asyncio.to_thread(self.sync.export_session, session_id)
+
+    async def import_session(self, data: bytes) -> SessionInfo:
+        return await asyncio.to_thread(self.sync.import_session, data)
+
     async def sessions(self) -> list[SessionInfo]:
         return await asyncio.to_thread(self.sync.sessions)
 
