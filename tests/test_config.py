@@ -4,7 +4,6 @@ reaching the store and its log."""
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,13 +184,26 @@ def test_a_bad_value_is_rejected_naming_the_option_and_nothing_is_created(
     assert direct.value.field == option
 
 
-def test_local_store_open_alone_would_have_created_the_directory(tmp_path: Path) -> None:
-    """Why validation happens in the config: ``LocalStore.open`` makes the store's
-    directories before its log rejects a bad durability."""
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("durability", "sometimes"),
+        ("segment_size", 10),
+        ("max_record_size", 0),
+        ("mode", "optimistic"),
+        ("lock_timeout", -1.0),
+        ("compression", "zstd"),
+        ("clock", 5),
+    ],
+)
+def test_local_store_open_rejects_bad_options_before_creating_anything(
+    tmp_path: Path, option: str, value: object
+) -> None:
     path = tmp_path / "store"
-    with pytest.raises(ValidationError):
-        LocalStore.open(str(path), durability="sometimes")  # type: ignore[arg-type]
-    assert os.path.isdir(path)
+    with pytest.raises(ValidationError) as info:
+        LocalStore.open(str(path), **{option: value})  # type: ignore[arg-type]
+    assert info.value.field == option
+    assert not path.exists()
 
 
 def test_config_is_immutable_and_encodes() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.simfs import SimFileSystem
 from wfstate.backends.local import LocalStore, Session
-from wfstate.checkpointpolicy import MANUAL_ONLY
+from wfstate.checkpointpolicy import MANUAL_ONLY, CheckpointPolicy
 from wfstate.errors import (
     CorruptionError,
     LockTimeoutError,
@@ -35,6 +35,7 @@ from wfstate.mutations import (
     batch_session,
     encode_mutations,
 )
+from wfstate.retention import RetentionPolicy
 from wfstate.sessions import (
     SessionInfo,
     SessionTable,
@@ -486,3 +487,47 @@ def test_end_takes_the_states_as_of_its_decision(
         assert a.read_state_file("w") == final
         (ck,) = a.checkpoints()
         assert ck.lsn == raced[0] and a.checkpoint_state(ck.id) == final
+
+
+def test_compaction_forgets_sessions_ended_longer_ago_than_retention_keeps(
+    tmp_path: Path,
+) -> None:
+    """Ended sessions leave the table (and every later anchor) once older than
+    ``RetentionPolicy.ended_sessions``; active ones and recent ones stay; the record file
+    of a forgotten one stays on disk."""
+    now = [1000.0]
+    policy = CheckpointPolicy(
+        every_batches=None,
+        every_log_bytes=None,
+        on_step_start=False,
+        on_step_end=False,
+        on_error=False,
+        retention=RetentionPolicy(ended_sessions=100.0),
+    )
+    path = str(tmp_path)
+
+    def opened() -> LocalStore:
+        return LocalStore.open(path, clock=lambda: now[0], checkpoints=policy)
+
+    with opened() as store, opened() as other:
+        old = store.start_session("alice")
+        store.commit(create("a"), session=old)
+        old.end()
+        now[0] = 1050.0
+        recent = store.start_session("bob")
+        recent.end()
+        active = store.start_session("carol")
+        now[0] = 1101.0
+        assert store.compact(dry_run=True).sessions_forgotten == (old.id,)
+        assert store.compact().sessions_forgotten == (old.id,)
+        kept = {s.id for s in store.sessions()}
+        assert kept == {recent.id, active.id} == {s.id for s in other.sessions()}
+        with pytest.raises(NotFoundError):
+            store.export_session(old.id)
+        assert (tmp_path / "sessions" / f"{old.id}.session").exists()
+        active.close()
+    with opened() as store:
+        assert {s.id for s in store.sessions()} == kept
+    with pytest.raises(ValidationError) as info:
+        RetentionPolicy(ended_sessions=-1)
+    assert info.value.field == "ended_sessions"

@@ -50,6 +50,8 @@ class CompactionReport(msgspec.Struct, frozen=True, kw_only=True):
     ``checkpointed``: workflows checkpointed so that the log before the anchor is covered.
     ``segments_discarded``: segment files deleted. ``orphans_deleted``: checkpoint files no
     entry named (left by crashes). ``log_first_lsn``: where the log starts afterwards.
+    ``sessions_forgotten``: ended sessions the anchor no longer lists
+    (``RetentionPolicy.ended_sessions``).
     """
 
     dry_run: bool
@@ -57,6 +59,7 @@ class CompactionReport(msgspec.Struct, frozen=True, kw_only=True):
     segments_discarded: tuple[str, ...]
     orphans_deleted: tuple[str, ...]
     log_first_lsn: int
+    sessions_forgotten: tuple[str, ...] = ()
 
 
 class StoreStats(msgspec.Struct, frozen=True, kw_only=True):

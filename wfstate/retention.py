@@ -30,11 +30,18 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     ``keep_last``: per workflow incarnation, the newest N. ``max_age``: seconds; older ones go.
     ``max_bytes``: the checkpoint files of the whole store; the oldest go first until the
     rest fit (the protected ones stay even if they alone exceed it).
+
+    ``ended_sessions``: seconds an ended session stays in the store's session table after
+    its end; a compaction leaves older ones out of its anchor, so the table (and every
+    anchor) does not grow with every session ever run. A forgotten session is no longer
+    listed, exported or resumable (``NotFoundError``); its record file
+    ``sessions/<id>.session`` stays as the durable record of it. ``None``: never forget.
     """
 
     keep_last: int | None = 10
     max_age: float | None = None
     max_bytes: int | None = None
+    ended_sessions: float | None = 30 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.keep_last is not None and (
@@ -49,6 +56,14 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True):
             or not self.max_age > 0
         ):  # fmt: skip
             raise ValidationError("max_age", f"must be seconds > 0 or None, not {self.max_age!r}")
+        if self.ended_sessions is not None and (
+            isinstance(self.ended_sessions, bool)
+            or not isinstance(self.ended_sessions, int | float)
+            or not self.ended_sessions >= 0
+        ):
+            raise ValidationError(
+                "ended_sessions", f"must be seconds >= 0 or None, not {self.ended_sessions!r}"
+            )
         if self.max_bytes is not None and (
             isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int)
             or self.max_bytes < 0

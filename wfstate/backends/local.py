@@ -154,6 +154,7 @@ from wfstate.wal.log import (
     DEFAULT_MAX_RECORD_SIZE,
     DEFAULT_SEGMENT_SIZE,
     LogWriter,
+    check_options,
 )
 
 _LOG: Final = logging.getLogger("wfstate.checkpoints")
@@ -246,6 +247,16 @@ class LocalStore(TableStore):
             raise ValidationError(
                 "checkpoints", "must be a wfstate.checkpointpolicy.CheckpointPolicy"
             )
+        if not callable(clock):
+            raise ValidationError("clock", f"must be callable, not {clock!r}")
+        check_options(  # before anything is created: a rejected open leaves no directory
+            durability=durability,
+            segment_size=segment_size,
+            compression=compression,
+            max_record_size=max_record_size,
+            mode=mode,
+            lock_timeout=lock_timeout,
+        )
         make_dirs(fs, path)
         for directory in TXN_DIRS:
             make_dirs(fs, os.path.join(path, directory))
@@ -840,7 +851,9 @@ class LocalStore(TableStore):
     def compact(self, *, dry_run: bool = False) -> CompactionReport:
         """Checkpoint every workflow the log holds batches of beyond its newest checkpoint,
         then discard the log before a new segment that starts with the anchor (docs/format.md
-        §9.6), and delete orphan checkpoint files. With ``dry_run``, report what would happen.
+        §9.6), and delete orphan checkpoint files. Ended sessions older than the retention
+        policy's ``ended_sessions`` are left out of the anchor (forgotten; their record files
+        stay). With ``dry_run``, report what would happen.
 
         Crash safety: nothing is discarded before every live workflow has a durable checkpoint
         that was read back whole; the ``DISCARD`` record is durable before ``START`` moves, and
@@ -858,6 +871,7 @@ class LocalStore(TableStore):
                     segments_discarded=tuple(self._segment_files()),
                     orphans_deleted=tuple(self._files.orphans(self._index)),
                     log_first_lsn=self._log.last_lsn + 1,
+                    sessions_forgotten=tuple(s.id for s in self._forgettable()),
                 )
         checkpointed = list(uncovered)
         for workflow_id in uncovered:
@@ -874,13 +888,16 @@ class LocalStore(TableStore):
                     self._checkpoint_held(writer, workflow_id)
                     checkpointed.append(workflow_id)
                 live = self._table.live()
+                forgotten = {s.id for s in self._forgettable()}
                 anchor = Anchor(
                     workflows=tuple(
                         AnchorWorkflow(w, origin, self._table.last_lsn(w))
                         for w, (origin, _floor) in sorted(live.items())
                     ),
                     checkpoints=tuple(sorted(self._index.all(), key=lambda i: i.id)),
-                    sessions=self._sessions.snapshot(),
+                    sessions=tuple(
+                        s for s in self._sessions.snapshot() if s.id not in forgotten
+                    ),
                 )
                 payload = encode_anchor(anchor)
                 writer.start_segment()
@@ -896,7 +913,20 @@ class LocalStore(TableStore):
             segments_discarded=tuple(discarded),
             orphans_deleted=tuple(orphans),
             log_first_lsn=lsn,
+            sessions_forgotten=tuple(sorted(forgotten)),
         )
+
+    def _forgettable(self) -> list[SessionInfo]:
+        """Ended sessions older than ``RetentionPolicy.ended_sessions`` (store lock held)."""
+        keep = self._policy.retention.ended_sessions
+        if keep is None:
+            return []
+        cutoff = self._clock() - keep
+        return [
+            s
+            for s in self._sessions.snapshot()
+            if s.status == "ended" and s.ended is not None and s.ended < cutoff
+        ]
 
     def _uncovered(self) -> list[str]:
         """Live workflows without a checkpoint that reads at or above their last batch (each

@@ -181,26 +181,16 @@ class Log:
         created (tests pin it for golden bytes). Options are validated before anything is
         created; a bad one raises ``ValidationError`` naming it.
         """
-        if durability not in DURABILITY_LEVELS:
-            raise ValidationError(
-                "durability", f"must be one of {list(DURABILITY_LEVELS)}, not {durability!r}"
-            )
-        _positive_int("sync_interval_ms", sync_interval_ms, 1)
-        _positive_int("segment_size", segment_size, 4096)
-        _positive_int("max_record_size", max_record_size, 1)
-        if max_record_size > MAX_PAYLOAD:
-            raise ValidationError("max_record_size", f"must be <= {MAX_PAYLOAD}")
-        check_mode(mode)
-        if epoch is not None and (not isinstance(epoch, int) or not 0 < epoch < 1 << 64):
-            raise ValidationError("epoch", "must be an int in 1..2**64-1")
-        if compression is None:
-            compression = Compression()
-        elif not isinstance(compression, Compression):
-            raise ValidationError("compression", "must be a wfstate.wal.Compression")
-        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, int | float):
-            raise ValidationError("lock_timeout", f"must be a number, not {lock_timeout!r}")
-        if not 0 <= lock_timeout < float("inf"):
-            raise ValidationError("lock_timeout", f"must be >= 0 and finite, not {lock_timeout}")
+        compression = check_options(
+            durability=durability,
+            sync_interval_ms=sync_interval_ms,
+            segment_size=segment_size,
+            max_record_size=max_record_size,
+            mode=mode,
+            epoch=epoch,
+            compression=compression,
+            lock_timeout=lock_timeout,
+        )
         if lock_path is None:
             if not fs.is_dir(path):
                 make_dirs(fs, path)  # recovery makes it durable; the lock file needs it now
@@ -956,6 +946,43 @@ class Log:
         if where is None:
             raise NotFoundError(f"lsn: record {lsn} is not known to this handle")
         return read_record_at(self._fs, lsn, where)
+
+
+def check_options(
+    *,
+    durability: Durability = "always",
+    sync_interval_ms: int = 100,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
+    mode: RecoveryMode = "tolerate_torn_tail",
+    epoch: int | None = None,
+    compression: Compression | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Compression:
+    """Check the options of :meth:`Log.open` without touching anything (a store checks them
+    before it creates its directories); ``ValidationError`` naming the first bad one.
+    Returns the compression to use (the default when None)."""
+    if durability not in DURABILITY_LEVELS:
+        raise ValidationError(
+            "durability", f"must be one of {list(DURABILITY_LEVELS)}, not {durability!r}"
+        )
+    _positive_int("sync_interval_ms", sync_interval_ms, 1)
+    _positive_int("segment_size", segment_size, 4096)
+    _positive_int("max_record_size", max_record_size, 1)
+    if max_record_size > MAX_PAYLOAD:
+        raise ValidationError("max_record_size", f"must be <= {MAX_PAYLOAD}")
+    check_mode(mode)
+    if epoch is not None and (not isinstance(epoch, int) or not 0 < epoch < 1 << 64):
+        raise ValidationError("epoch", "must be an int in 1..2**64-1")
+    if compression is None:
+        compression = Compression()
+    elif not isinstance(compression, Compression):
+        raise ValidationError("compression", "must be a wfstate.wal.Compression")
+    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, int | float):
+        raise ValidationError("lock_timeout", f"must be a number, not {lock_timeout!r}")
+    if not 0 <= lock_timeout < float("inf"):
+        raise ValidationError("lock_timeout", f"must be >= 0 and finite, not {lock_timeout}")
+    return compression
 
 
 class LogWriter:
