@@ -895,9 +895,7 @@ class LocalStore(TableStore):
                         for w, (origin, _floor) in sorted(live.items())
                     ),
                     checkpoints=tuple(sorted(self._index.all(), key=lambda i: i.id)),
-                    sessions=tuple(
-                        s for s in self._sessions.snapshot() if s.id not in forgotten
-                    ),
+                    sessions=tuple(s for s in self._sessions.snapshot() if s.id not in forgotten),
                 )
                 payload = encode_anchor(anchor)
                 writer.start_segment()
