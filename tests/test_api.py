@@ -453,6 +453,7 @@ def test_a_run_emits_its_lifecycle_events_in_order_after_each_durable_call(
         StepFailed,
         CheckpointCreated,
         WorkflowFailed,
+        CheckpointCreated,  # the end's final checkpoint: the store announces every one
         SessionEnded,
     ]
     assert seen[1] == WorkflowStarted(at=seen[1].at, workflow_id="w", lsn=started)
@@ -461,7 +462,8 @@ def test_a_run_emits_its_lifecycle_events_in_order_after_each_durable_call(
     assert seen[6] == CheckpointCreated(
         at=info.created, workflow_id="w", checkpoint_id=info.id, type="manual"
     )
-    assert isinstance(seen[8], SessionEnded) and seen[8].workflows == ("w",)
+    assert isinstance(seen[8], CheckpointCreated) and seen[8].type == "manual"
+    assert isinstance(seen[9], SessionEnded) and seen[9].workflows == ("w",)
     assert seen[0] == SessionStarted(at=seen[0].at, session_id=session.id)
 
 
@@ -638,3 +640,27 @@ def test_the_api_checks_its_collaborators(tmp_path: Path, option: str) -> None:
         open_store(str(tmp_path / "s"), **options)
     assert raised.value.field == option
     assert not os.path.exists(tmp_path / "s")
+
+
+def test_checkpoints_the_store_takes_itself_are_announced(tmp_path: Path) -> None:
+    """Policy checkpoints (after a completed step) and compaction's are announced too, once
+    durable; a raising observer never fails the write."""
+    hooks = Hooks()
+    seen: list[CheckpointCreated] = []
+    hooks.subscribe(lambda e: seen.append(e) if isinstance(e, CheckpointCreated) else None)
+    policy = CheckpointPolicy(every_batches=None, every_log_bytes=None, on_step_end=True)
+    with open_store(str(tmp_path / "s"), hooks=hooks, checkpoints=policy) as api:
+        api.create_workflow("w", "W", STEPS)
+        api.update_step("w", "fetch", "running")
+        api.update_step("w", "fetch", "completed")
+        assert [e.type for e in seen] == ["post_step"]
+        assert seen[0].checkpoint_id in {i.id for i in api.checkpoints("w")}
+        api.update_step("w", "report", "running")  # uncovered again
+        api.store.compact()
+        assert [e.type for e in seen] == ["post_step", "compaction"]
+
+        def broken(_info: object) -> None:
+            raise RuntimeError("observer bug")
+
+        api.store.set_checkpoint_observer(broken)
+        api.checkpoint("w")  # the observer's failure is logged, not raised

@@ -249,7 +249,8 @@ def test_a_changed_manifest_is_refused_even_with_a_matching_checksum(tmp_path: P
     assert "do not match its contents" in str(variant(workflows=["a", "b", "c"]))
     assert "do not match its contents" in str(variant(workflows=["a"]))
     entries = [dict(e) for e in manifest["checkpoints"]]
-    for field, value in (("lsn", entries[0]["lsn"] + 1), ("workflow_id", "b"), ("size", 1)):
+    other = "a" if entries[0]["workflow_id"] == "b" else "b"
+    for field, value in (("lsn", entries[0]["lsn"] + 1), ("workflow_id", other), ("size", 1)):
         forged = [{**entries[0], field: value}, *entries[1:]]
         assert "does not read as" in str(variant(checkpoints=forged))
     files = [f for f in manifest["files"] if f[0] != "workflows/b.state"]

@@ -384,3 +384,32 @@ def test_a_reader_whose_batches_are_discarded_under_it_rebuilds_from_the_checkpo
             monkeypatch.setattr(b._log, "follow", late_follow)
             assert encode_state(b.load("wf")) == expected
             assert len(calls) == 2
+
+
+def test_stats_report_compression_cached_state_and_fsyncs(tmp_path: Path) -> None:
+    """The figures metrics are built from: what this handle's appends weighed before and
+    after compression, the materialized states' estimated size, and each fdatasync's time."""
+    synced: list[float] = []
+    with LocalStore.open(str(tmp_path), checkpoints=MANUAL_ONLY, sync_interval_ms=5) as store:
+        empty = store.stats()
+        assert (empty.appended_payload_bytes, empty.compression_ratio) == (0, None)
+        store.set_sync_observer(synced.append)
+        store.commit(create())
+        for _ in range(3):
+            store.commit(
+                [PutStepOutput(workflow_id="wf", step_id="s0", data={"text": "ab" * 500}, at=0)]
+            )
+        store.load("wf")
+        stats = store.stats()
+        assert stats.appended_payload_bytes > 3000 > stats.appended_stored_bytes > 0
+        assert stats.compression_ratio is not None and stats.compression_ratio < 0.5
+        assert stats.cached_state_bytes > 0
+        assert len(synced) >= 4 and all(s >= 0 for s in synced)  # durability "always"
+        store.set_sync_observer(None)
+        store.commit(create("other"))
+        count = len(synced)
+        store.commit(create("third"))
+        assert len(synced) == count  # removed: no more calls
+    with pytest.raises(ValidationError) as info:
+        LocalStore.open(str(tmp_path / "x"), sync_interval_ms=0)
+    assert info.value.field == "sync_interval_ms" and not (tmp_path / "x").exists()

@@ -18,10 +18,11 @@ Hooks (:mod:`wfstate.hooks`)
     Events are emitted on :attr:`WorkflowStore.hooks` only after the call that caused them
     returned durably, on the calling thread, with no lock held: the workflow and step events
     of each batch written through this surface (:func:`~wfstate.hooks.events_for`, ``at`` the
-    time the commit was acknowledged), ``CheckpointCreated`` for checkpoints taken through it
-    (:meth:`WorkflowStore.checkpoint` and :class:`AutoCheckpoints`; the store policy's own
-    automatic checkpoints are not announced), ``SessionStarted`` / ``SessionEnded``, and
-    ``Recovery`` from :func:`open_store` when sessions whose owner died are found. A
+    time the commit was acknowledged), ``CheckpointCreated`` for every checkpoint the store
+    handle creates (through this surface, :class:`AutoCheckpoints`, the store's own policy,
+    compaction, a session end's final ones; the store calls back once each is durable),
+    ``SessionStarted`` / ``SessionEnded``, and ``Recovery`` from :func:`open_store` when the
+    log's recovery repaired damage or sessions whose owner died are found. A
     subscriber that raises is reported by the registry (logged, counted, ``on_error``) and
     never fails the call.
 
@@ -126,8 +127,9 @@ def open_store(
     (``"interval"``: an OS crash loses up to the last ~100 ms); ``overrides`` are
     :class:`~wfstate.config.StoreConfig` fields. An unknown preset or option, or a bad value,
     raises ``ValidationError`` naming it before anything is created on disk. Recovery runs
-    before this returns; if it finds sessions whose owner died, a ``Recovery`` event naming
-    them (with a plan per workflow) is emitted on ``hooks`` before this returns.
+    before this returns; if it repaired damage (``LocalStore.log_damage``) or finds sessions
+    whose owner died, a ``Recovery`` event naming them (with a plan per workflow) is emitted
+    on ``hooks`` before this returns.
     ``hooks``, ``metrics``, ``auto_checkpoints``: as :class:`WorkflowStore` takes them.
     """
     config = resolve_config(preset, **overrides)
@@ -144,8 +146,9 @@ def open_store(
     except BaseException:
         api.close()
         raise
-    if crashed:
-        api.hooks.emit(Recovery(at=time.time(), crashed_sessions=tuple(crashed)))
+    damage = api.store.log_damage
+    if crashed or damage:
+        api.hooks.emit(Recovery(at=time.time(), damage=damage, crashed_sessions=tuple(crashed)))
     return api
 
 
@@ -192,8 +195,10 @@ class WorkflowStore:
         self._auto = auto_checkpoints
         self._completed_seen: dict[str, int] = {}  # workflow -> completed steps last seen
         self._seen_lock = threading.Lock()
-        # the log is the engine's; only it can time its fdatasyncs
-        store._log.set_sync_observer(self._metrics.observe_sync)
+        # the log is the engine's; only it can time its fdatasyncs, and only the store sees
+        # every checkpoint it takes (its policy's, compaction's, a session end's)
+        store.set_sync_observer(self._metrics.observe_sync)
+        store.set_checkpoint_observer(self._checkpoint_created)
 
     # -- workflows ----------------------------------------------------------------------------
     def commit(self, mutations: Sequence[Mutation], *, session: Session | None = None) -> int:
@@ -331,13 +336,14 @@ class WorkflowStore:
         self, workflow_id: str, description: str, tags: Sequence[str], kind: CheckpointType
     ) -> CheckpointInfo:
         with self._metrics.timed("checkpoint"):
-            info = self.store.checkpoint(workflow_id, description=description, tags=tags, type=kind)
+            return self.store.checkpoint(workflow_id, description=description, tags=tags, type=kind)
+
+    def _checkpoint_created(self, info: CheckpointInfo) -> None:
         self.hooks.emit(
             CheckpointCreated(
-                at=info.created, workflow_id=workflow_id, checkpoint_id=info.id, type=info.type
+                at=info.created, workflow_id=info.workflow_id, checkpoint_id=info.id, type=info.type
             )
         )
-        return info
 
     def _auto_checkpoint(self, auto: AutoCheckpoints, mutations: Sequence[Mutation]) -> None:
         """Take the checkpoints ``auto`` asks for after the committed ``mutations``."""

@@ -71,6 +71,11 @@ class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
     logged or read since the last compaction it saw. ``checkpoint_bytes``: the files of every
     checkpoint in the index. ``bad_checkpoints``: ids found not to read by this process.
     ``auto_checkpoint_failures``: automatic checkpoints or compactions that failed (logged).
+    ``appended_payload_bytes``/``appended_stored_bytes``: the records this handle appended
+    since it was opened, before and after compression (:attr:`compression_ratio`).
+    ``cached_state_bytes``: the estimated size of the workflow states held materialized in
+    memory (the table's cache, bounded by ``cache_bytes``; an estimate from the sizes of the
+    batches that built them, not a measurement of Python objects).
     """
 
     workflows: int
@@ -84,3 +89,14 @@ class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
     checkpoint_bytes: int
     bad_checkpoints: tuple[str, ...]
     auto_checkpoint_failures: int
+    appended_payload_bytes: int = 0
+    appended_stored_bytes: int = 0
+    cached_state_bytes: int = 0
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Stored / payload bytes of this handle's appends (0.3: 70 % saved); None before
+        any append."""
+        if not self.appended_payload_bytes:
+            return None
+        return self.appended_stored_bytes / self.appended_payload_bytes

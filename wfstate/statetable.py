@@ -99,6 +99,11 @@ class StateTable:
     def ids(self) -> list[str]:
         return sorted(self._entries)
 
+    @property
+    def cached_bytes(self) -> int:
+        """The estimated size of the states held materialized (see the class docstring)."""
+        return self._cached_bytes
+
     def live(self) -> dict[str, tuple[int, int]]:
         """Each live workflow's ``(origin, floor)`` (see :data:`Materializer`)."""
         return {w: (self._origin[w], self._floor[w]) for w in self._entries}

@@ -148,7 +148,7 @@ from wfstate.twophase import (
     roll_forward,
     undecided_temps,
 )
-from wfstate.wal import Compression, Durability, Log, Record, RecoveryMode
+from wfstate.wal import Compression, Durability, Log, LogDamage, Record, RecoveryMode
 from wfstate.wal.log import (
     DEFAULT_LOCK_TIMEOUT,
     DEFAULT_MAX_RECORD_SIZE,
@@ -202,6 +202,8 @@ class LocalStore(TableStore):
         self._owned: dict[str, Session] = {}  # sessions this handle owns (holds the lock of)
         self._lock_timeout = float(lock_timeout)
         self._call = threading.local()  # .session: the Session of the commit on this thread
+        self._checkpoint_observer: Callable[[CheckpointInfo], None] | None = None
+        self._held_created: list[CheckpointInfo] = []  # by compaction, told once unlocked
 
     @classmethod
     def open(
@@ -209,6 +211,7 @@ class LocalStore(TableStore):
         path: str,
         *,
         durability: Durability = "always",
+        sync_interval_ms: int = 100,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         compression: Compression | None = None,
         max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
@@ -222,16 +225,17 @@ class LocalStore(TableStore):
     ) -> LocalStore:
         """Open (creating if needed) the store in directory ``path``: recover, replay.
 
-        ``lock_timeout``: seconds to wait for the writers' lock (held by another process while
-        it writes) before ``LockTimeoutError`` (retryable). Recovery modes other than
-        ``tolerate_torn_tail`` may discard valid records: use them only when no other process
-        has the store open (docs/format.md §8). ``upgrades``: how batches written under older
-        schema versions are read (:mod:`wfstate.schema`); its chain must end at the current
-        ``SCHEMA_VERSION``. ``cache_bytes``: about how much workflow state to keep
-        materialized (estimated by the size of the batches that built it); states are built
-        from checkpoints and the log when first read, so opening builds none.
-        ``checkpoints``: when checkpoints are taken and the log compacted automatically
-        (:class:`~wfstate.checkpointpolicy.CheckpointPolicy`).
+        ``sync_interval_ms``: the background sync period of ``durability="interval"`` (what
+        an OS crash may lose). ``lock_timeout``: seconds to wait for the writers' lock (held
+        by another process while it writes) before ``LockTimeoutError`` (retryable).
+        Recovery modes other than ``tolerate_torn_tail`` may discard valid records: use them
+        only when no other process has the store open (docs/format.md §8). ``upgrades``: how
+        batches written under older schema versions are read (:mod:`wfstate.schema`); its
+        chain must end at the current ``SCHEMA_VERSION``. ``cache_bytes``: about how much
+        workflow state to keep materialized (estimated by the size of the batches that built
+        it); states are built from checkpoints and the log when first read, so opening
+        builds none. ``checkpoints``: when checkpoints are taken and the log compacted
+        automatically (:class:`~wfstate.checkpointpolicy.CheckpointPolicy`).
         """
         if not isinstance(path, str) or not path:
             raise ValidationError("path", "must be a non-empty str")
@@ -251,6 +255,7 @@ class LocalStore(TableStore):
             raise ValidationError("clock", f"must be callable, not {clock!r}")
         check_options(  # before anything is created: a rejected open leaves no directory
             durability=durability,
+            sync_interval_ms=sync_interval_ms,
             segment_size=segment_size,
             compression=compression,
             max_record_size=max_record_size,
@@ -265,6 +270,7 @@ class LocalStore(TableStore):
         log = Log.open(
             wal_dir,
             durability=durability,
+            sync_interval_ms=sync_interval_ms,
             segment_size=segment_size,
             compression=compression,
             max_record_size=max_record_size,
@@ -589,6 +595,7 @@ class LocalStore(TableStore):
             self._files.abandon(prepared)
             raise
         self._log.wait(lsn)
+        self._created([prepared.info])
         return prepared.info
 
     def _commit_checkpoint(self, writer: LogWriter, prepared: Prepared) -> int:
@@ -905,6 +912,8 @@ class LocalStore(TableStore):
             before = set(self._segment_files())
             self._log.discard_before(lsn, payload)
             discarded = sorted(before - set(self._segment_files()))
+            created, self._held_created = self._held_created, []
+        self._created(created)
         return CompactionReport(
             dry_run=False,
             checkpointed=tuple(sorted(set(checkpointed))),
@@ -950,11 +959,12 @@ class LocalStore(TableStore):
     def _checkpoint_held(self, writer: LogWriter, workflow_id: str) -> None:
         """A full compaction checkpoint taken while holding the writers' lock."""
         state = self._table.get(workflow_id)
-        assert state is not None
+        origin = self._table.origin(workflow_id)
+        assert state is not None and origin is not None
         template = CheckpointInfo(
             id=f"ck-{secrets.token_hex(8)}",
             workflow_id=workflow_id,
-            origin=self._table.origin(workflow_id) or 0,
+            origin=origin,
             lsn=state.metadata.last_lsn,
             parent=None,
             session_id=state.context.session_id,
@@ -973,10 +983,39 @@ class LocalStore(TableStore):
             self._files.abandon(prepared)
             raise
         self._remember_recent(prepared)
+        self._held_created.append(prepared.info)
 
     def _segment_files(self) -> list[str]:
         wal_dir = self._log.path
         return sorted(n for n in self._fs.listdir(wal_dir) if parse_segment_name(n) is not None)
+
+    def set_checkpoint_observer(self, observer: Callable[[CheckpointInfo], None] | None) -> None:
+        """Call ``observer`` with the entry of every checkpoint this handle creates (manual,
+        automatic, compaction, a session end's final ones), once it is durable, outside the
+        store's locks (None removes it). An observer that raises is logged, never raised:
+        the checkpoint exists."""
+        self._checkpoint_observer = observer
+
+    def _created(self, infos: Sequence[CheckpointInfo]) -> None:
+        observer = self._checkpoint_observer
+        if observer is None:
+            return
+        for info in infos:
+            try:
+                observer(info)
+            except Exception:
+                _LOG.exception("the checkpoint observer failed on %s", info.id)
+
+    @property
+    def log_damage(self) -> tuple[LogDamage, ...]:
+        """What recovering the log found and repaired when this handle opened it (torn
+        tails, corrupt records skipped by the recovery mode), and since, while catching up."""
+        return tuple(self._log.recovery)
+
+    def set_sync_observer(self, observer: Callable[[float], None] | None) -> None:
+        """Call ``observer`` with the seconds each fdatasync of the store's log takes (for
+        metrics; None removes it). See :meth:`wfstate.wal.log.Log.set_sync_observer`."""
+        self._log.set_sync_observer(observer)
 
     def stats(self) -> StoreStats:
         """Sizes of the log and the checkpoints, and how much a load or a crash replays."""
@@ -989,6 +1028,7 @@ class LocalStore(TableStore):
                 for w, (origin, _floor) in live.items()
             )
             segments = self._segment_files()
+            appended = self._log.appended_bytes
             return StoreStats(
                 workflows=len(live),
                 last_lsn=self._log.last_lsn,
@@ -1003,6 +1043,9 @@ class LocalStore(TableStore):
                 checkpoint_bytes=self._index.total_size(),
                 bad_checkpoints=tuple(sorted(self._bad)),
                 auto_checkpoint_failures=self._auto_failures,
+                appended_payload_bytes=appended[0],
+                appended_stored_bytes=appended[1],
+                cached_state_bytes=self._table.cached_bytes,
             )
 
     # -- two-phase commit (docs/format.md §10) -----------------------------------------------
@@ -1129,6 +1172,7 @@ class LocalStore(TableStore):
                         f"store {self.path}: transaction {txn.id} is decided but finishing "
                         f"it failed ({exc}); reopen the store to roll it forward"
                     ) from exc
+        self._created([info for info, _state in plan.checkpoints if info.origin])
         return txn.id
 
     def _install(self, plan: _TxnPlan, lsn: int, batch: bytes) -> None:

@@ -129,6 +129,8 @@ class Log:
         self._poison: BaseException | None = None
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
+        self._payload_bytes = 0  # of the records this handle queued: before compression
+        self._stored_bytes = 0  # and after
         # the writers' lock (docs/format.md §8)
         self._tenure = False  # this handle holds it
         self._tenure_since = 0.0
@@ -287,6 +289,13 @@ class Log:
 
     # -- state --------------------------------------------------------------------------------
     @property
+    def appended_bytes(self) -> tuple[int, int]:
+        """``(payload, stored)``: the bytes of the records this handle appended since it was
+        opened, before and after compression (record framing excluded)."""
+        with self._cond:
+            return self._payload_bytes, self._stored_bytes
+
+    @property
     def path(self) -> str:
         """The log directory."""
         return self._dir
@@ -398,6 +407,8 @@ class Log:
         self._next_lsn = lsn + 1
         if new_segment:
             self._new_segment_at.add(lsn)
+        self._payload_bytes += prepared[2]
+        self._stored_bytes += len(prepared[3])
         self._pending.append((lsn, *prepared))
         if self._durability != "always":
             self._write_pending(sync=False)
