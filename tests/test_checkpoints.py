@@ -404,6 +404,15 @@ def test_stats_report_compression_cached_state_and_fsyncs(tmp_path: Path) -> Non
         assert stats.appended_payload_bytes > 3000 > stats.appended_stored_bytes > 0
         assert stats.compression_ratio is not None and stats.compression_ratio < 0.5
         assert stats.cached_state_bytes > 0
+        first = store.checkpoint("wf")
+        store.commit(create("other"))
+        second = store.checkpoint("other")
+        store.checkpoint("other")
+        assert store.stats().checkpoints_by_workflow == {
+            "other": (2, second.size + store.checkpoints("other")[0].size),
+            "wf": (1, first.size),
+        }
+        store.delete("other")
         assert len(synced) >= 4 and all(s >= 0 for s in synced)  # durability "always"
         store.set_sync_observer(None)
         store.commit(create("other"))

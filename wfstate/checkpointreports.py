@@ -76,6 +76,8 @@ class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
     ``cached_state_bytes``: the estimated size of the workflow states held materialized in
     memory (the table's cache, bounded by ``cache_bytes``; an estimate from the sizes of the
     batches that built them, not a measurement of Python objects).
+    ``checkpoints_by_workflow``: per workflow with checkpoints, ``(count, bytes)`` of its
+    checkpoint files (every incarnation, imported ones included).
     """
 
     workflows: int
@@ -92,6 +94,7 @@ class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
     appended_payload_bytes: int = 0
     appended_stored_bytes: int = 0
     cached_state_bytes: int = 0
+    checkpoints_by_workflow: dict[str, tuple[int, int]] = {}
 
     @property
     def compression_ratio(self) -> float | None:

@@ -1029,6 +1029,10 @@ class LocalStore(TableStore):
             )
             segments = self._segment_files()
             appended = self._log.appended_bytes
+            by_workflow: dict[str, tuple[int, int]] = {}
+            for info in self._index.all():
+                count, size = by_workflow.get(info.workflow_id, (0, 0))
+                by_workflow[info.workflow_id] = (count + 1, size + info.size)
             return StoreStats(
                 workflows=len(live),
                 last_lsn=self._log.last_lsn,
@@ -1046,6 +1050,7 @@ class LocalStore(TableStore):
                 appended_payload_bytes=appended[0],
                 appended_stored_bytes=appended[1],
                 cached_state_bytes=self._table.cached_bytes,
+                checkpoints_by_workflow=dict(sorted(by_workflow.items())),
             )
 
     # -- two-phase commit (docs/format.md §10) -----------------------------------------------
