@@ -23,13 +23,11 @@ from wfstate.checkpointindex import CheckpointInfo, check_entry
 from wfstate.errors import CorruptionError, FormatVersionError, SchemaVersionError, ValidationError
 from wfstate.format import (
     CHECKPOINT_FULL,
-    CHECKPOINTS_DIR,
     FORMAT_VERSION,
-    SESSION_FILE_SUFFIX,
-    SESSIONS_DIR,
-    WORKFLOW_STATE_SUFFIX,
-    WORKFLOWS_DIR,
     checkpoint_file_name,
+    checkpoint_path,
+    session_file_name,
+    state_file_name,
     xxh3,
 )
 from wfstate.model import SCHEMA_VERSION, WorkflowState
@@ -89,16 +87,8 @@ class Bundle(NamedTuple):
     created: float
 
 
-def state_file_name(workflow_id: str) -> str:
-    return f"{WORKFLOWS_DIR}/{workflow_id}{WORKFLOW_STATE_SUFFIX}"
-
-
-def session_file_name(session_id: str) -> str:
-    return f"{SESSIONS_DIR}/{session_id}{SESSION_FILE_SUFFIX}"
-
-
 def checkpoint_name(info: CheckpointInfo) -> str:
-    return f"{CHECKPOINTS_DIR}/{info.file}"
+    return checkpoint_path(info.file)
 
 
 def encode_bundle(

@@ -162,9 +162,26 @@ def is_txn_id(value: str) -> bool:
     return _TXN_ID.match(value) is not None
 
 
+def state_file_name(workflow_id: str) -> str:
+    """The workflow state file's path below the store (§10.3): ``workflows/<id>.state``."""
+    return f"{WORKFLOWS_DIR}/{workflow_id}{WORKFLOW_STATE_SUFFIX}"
+
+
+def checkpoint_path(file: str) -> str:
+    """A checkpoint file's path below the store: ``checkpoints/<file>``."""
+    return f"{CHECKPOINTS_DIR}/{file}"
+
+
 # -- sessions (docs/format.md §11) --------------------------------------------------------------
 SESSION_LOCK_SUFFIX: Final = ".lock"
 SESSION_FILE_SUFFIX: Final = ".session"
+
+
+def session_file_name(session_id: str) -> str:
+    """The session record file's path below the store (§11.3): ``sessions/<id>.session``."""
+    return f"{SESSIONS_DIR}/{session_id}{SESSION_FILE_SUFFIX}"
+
+
 SESSION_MAGIC: Final = b"WFSTSESS"
 SESSION_HEADER = struct.Struct("<8sHHIQQ")
 SESSION_HEADER_SIZE: Final = 32

@@ -52,14 +52,13 @@ import msgspec
 
 from wfstate.checkpointindex import CheckpointInfo, check_entry
 from wfstate.errors import CorruptionError, TransactionError, ValidationError
-from wfstate.format import CHECKPOINTS_DIR, TXN_DIRS, is_txn_id, xxh3
+from wfstate.format import TXN_DIRS, checkpoint_path, is_txn_id, xxh3
 from wfstate.fs import FileSystem, temp_name
 from wfstate.payload import ENCODER, decode_versioned
 
 TXN_VERSION: Final = 2
 """The newest ``TXN`` layout; a record is written with the lowest version that holds it
 (docs/format.md §10.2: 2 only with a ``batch`` or an imported checkpoint entry)."""
-"""Layout version of the ``TXN`` payload (docs/format.md §10.2)."""
 
 _TEMP: Final = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]+\.tmp$")
 """A temp file name as :func:`wfstate.fs.temp_name` makes it: ``.<name>.<pid>.<hex>.tmp``."""
@@ -194,7 +193,7 @@ def check_participants(
             check_entry(info)
         except ValidationError as exc:
             raise ValidationError(f"checkpoints[{i}]", str(exc)) from exc
-        at = seen.get(f"{CHECKPOINTS_DIR}/{info.file}")
+        at = seen.get(checkpoint_path(info.file))
         if at is None:
             raise ValidationError(
                 f"checkpoints[{i}].file", f"{info.file!r} is not a participant in checkpoints/"
@@ -402,7 +401,7 @@ def decode_txn(data: bytes) -> Txn:
     paths = {file.path: file for file in document.files}
     for i, info in enumerate(document.checkpoints):
         check_entry(info)
-        named = paths.get(f"{CHECKPOINTS_DIR}/{info.file}")
+        named = paths.get(checkpoint_path(info.file))
         if named is None or named.size != info.size:
             raise ValidationError(
                 f"txn.checkpoints[{i}].file", f"{info.file!r} is not a file of this record"

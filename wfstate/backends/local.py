@@ -43,13 +43,7 @@ from typing import Any, Final
 
 import msgspec
 
-from wfstate.bundle import (
-    checkpoint_name,
-    decode_bundle,
-    encode_bundle,
-    session_file_name,
-    state_file_name,
-)
+from wfstate.bundle import checkpoint_name, decode_bundle, encode_bundle
 from wfstate.checkpointfile import decode_checkpoint, encode_checkpoint, read_header
 from wfstate.checkpointindex import (
     Anchor,
@@ -90,7 +84,6 @@ from wfstate.format import (
     RECORD_DISCARD,
     RECORD_SESSION,
     RECORD_TXN,
-    SESSION_FILE_SUFFIX,
     SESSION_LOCK_SUFFIX,
     SESSIONS_DIR,
     TXN_DIRS,
@@ -100,6 +93,8 @@ from wfstate.format import (
     checkpoint_file_name,
     is_session_id,
     parse_segment_name,
+    session_file_name,
+    state_file_name,
 )
 from wfstate.fs import OS_FS, FileSystem, make_dirs
 from wfstate.ids import validate_id
@@ -1261,14 +1256,13 @@ class LocalStore(TableStore):
 
     def _state_file(self, origin: int, state: WorkflowState) -> Participant:
         """The participant ``workflows/<id>.state`` holding ``state`` (docs/format.md §10.3)."""
-        name = f"{WORKFLOWS_DIR}/{state.workflow.id}{WORKFLOW_STATE_SUFFIX}"
-        return Participant(name, self._full_file(origin, state)[0])
+        return Participant(state_file_name(state.workflow.id), self._full_file(origin, state)[0])
 
     def _add_full_checkpoint(
         self, plan: _TxnPlan, origin: int, state: WorkflowState, now: float
     ) -> None:
         data, info = self._full_file(origin, state, created=now)
-        plan.participants.append(Participant(f"{CHECKPOINTS_DIR}/{info.file}", data))
+        plan.participants.append(Participant(checkpoint_name(info), data))
         plan.checkpoints.append((info, state))
 
     def _full_file(
@@ -1521,10 +1515,7 @@ class LocalStore(TableStore):
             event = make_event(session.id, "end", session.token, at=now)
             ended = msgspec.structs.replace(info, status="ended", ended=now)
             plan.participants.append(
-                Participant(
-                    f"{SESSIONS_DIR}/{session.id}{SESSION_FILE_SUFFIX}",
-                    encode_session_file(ended),
-                )
+                Participant(session_file_name(session.id), encode_session_file(ended))
             )
             plan.sessions.append(event)
             return plan
