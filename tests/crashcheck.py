@@ -35,7 +35,7 @@ from wfstate.checkpointindex import CheckpointInfo
 from wfstate.checkpointpolicy import MANUAL_ONLY, CheckpointPolicy
 from wfstate.checkpointreports import CompactionReport
 from wfstate.errors import CorruptionError
-from wfstate.format import CHECKPOINTS_DIR, WAL_DIR, parse_segment_name
+from wfstate.format import CHECKPOINTS_DIR, TXN_DIRS, WAL_DIR, parse_segment_name
 from wfstate.model import WorkflowState, WorkflowStep, encode_state
 from wfstate.mutations import CreateWorkflow, Mutation, PutStepOutput, SetStepStatus
 from wfstate.retention import RetentionPlan, RetentionPolicy
@@ -575,6 +575,35 @@ def explore_checkpoints(
     return out
 
 
+def read_store(
+    store: LocalStore,
+) -> tuple[dict[str, bytes], dict[str, CheckpointInfo], dict[str, bytes | str]]:
+    """What a reopened store holds: each workflow's state, its checkpoint index, and the
+    state each checkpoint yields (or why it does not read)."""
+    got = {wf: state_bytes(store.load(wf)) for wf in store.list_workflows()}
+    index = {info.id: info for info in store.checkpoints()}
+    states: dict[str, bytes | str] = {}
+    for checkpoint_id in index:
+        try:
+            states[checkpoint_id] = state_bytes(store.checkpoint_state(checkpoint_id))
+        except CorruptionError as exc:
+            states[checkpoint_id] = f"does not read: {exc}"
+    return got, index, states
+
+
+def txn_files(fs: SimFileSystem) -> dict[str, bytes]:
+    """Every file of ``workflows/``, ``checkpoints/`` and ``sessions/`` (locks excluded), by
+    path below the store."""
+    out: dict[str, bytes] = {}
+    for directory in TXN_DIRS:
+        root = os.path.join(CK_STORE, directory)
+        if fs.exists(root):
+            for name in fs.listdir(root):
+                if not name.endswith((".tmp", ".lock")):
+                    out[f"{directory}/{name}"] = fs.read_file(os.path.join(root, name))
+    return out
+
+
 def check_checkpoint_state(
     w: CheckpointWorkload, disk: SimFileSystem, at: int
 ) -> list[tuple[str, str]]:
@@ -582,14 +611,7 @@ def check_checkpoint_state(
     found: list[tuple[str, str]] = []
     try:
         with open_sim_store(disk) as store:
-            got = {wf: state_bytes(store.load(wf)) for wf in store.list_workflows()}
-            index = {info.id: info for info in store.checkpoints()}
-            states: dict[str, bytes | str] = {}
-            for checkpoint_id in index:
-                try:
-                    states[checkpoint_id] = state_bytes(store.checkpoint_state(checkpoint_id))
-                except CorruptionError as exc:
-                    states[checkpoint_id] = f"does not read: {exc}"
+            got, index, states = read_store(store)
             first_lsn = store.stats().log_first_lsn
     except Exception as exc:
         return [("recoveries raising", f"{type(exc).__name__}: {exc}")]

@@ -12,12 +12,10 @@ reopening the store:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
-from tests.crashcheck import CK_STORE, open_sim_store
+from tests.crashcheck import CK_STORE, open_sim_store, txn_files
 from tests.simfs import SimFileSystem
-from wfstate.format import TXN_DIRS
 from wfstate.model import WorkflowStep
 from wfstate.mutations import CreateWorkflow, Mutation, SetStepStatus
 from wfstate.sessions import decode_session_file
@@ -26,18 +24,6 @@ from wfstate.sessions import decode_session_file
 def _create(workflow_id: str) -> list[Mutation]:
     steps = tuple(WorkflowStep(id=f"s{i}", name=f"s{i}") for i in range(2))
     return [CreateWorkflow(workflow_id=workflow_id, name=workflow_id, steps=steps, at=0)]
-
-
-def _files(fs: SimFileSystem) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for directory in TXN_DIRS:
-        root = os.path.join(CK_STORE, directory)
-        if not fs.exists(root):
-            continue
-        for name in fs.listdir(root):
-            if not name.endswith((".tmp", ".lock")):
-                out[f"{directory}/{name}"] = fs.read_file(os.path.join(root, name))
-    return out
 
 
 def test_ending_a_session_is_all_or_nothing_in_every_crash_state() -> None:
@@ -51,11 +37,11 @@ def test_ending_a_session_is_all_or_nothing_in_every_crash_state() -> None:
         [SetStepStatus(workflow_id="a", step_id="s0", status="running", at=0)], session=session
     )
     store.commit(_create("other"))
-    before = _files(fs)
+    before = txn_files(fs)
     end_begun = fs.op_count
     session.end()
     end_acked = fs.op_count
-    after = _files(fs)
+    after = txn_files(fs)
     final_checkpoints = {i.id for i in store.checkpoints()}
     store.commit([SetStepStatus(workflow_id="b", step_id="s0", status="running", at=0)])
     store.close()
@@ -81,7 +67,7 @@ def test_ending_a_session_is_all_or_nothing_in_every_crash_state() -> None:
                         problems.append(f"{where}: the acknowledged start is lost")
                     continue
                 (info,) = listed
-                files = _files(disk)
+                files = txn_files(disk)
                 present = {p for p in written if files.get(p) == after[p]}
                 index = {i.id for i in reopened.checkpoints()}
                 found[info.status] += 1

@@ -39,6 +39,7 @@ from tests.crashcheck import (
     CK_STORE,
     CrashOutcome,
     open_sim_store,
+    read_store,
     state_bytes,
     store_plan,
 )
@@ -46,7 +47,6 @@ from tests.simfs import SimFileSystem
 from wfstate.backends.local import LocalStore, _TxnPlan
 from wfstate.backends.memory import MemoryStore
 from wfstate.checkpointindex import CheckpointInfo
-from wfstate.errors import CorruptionError
 from wfstate.format import RECORD_TXN, SESSIONS_DIR, TXN_DIRS, WORKFLOWS_DIR
 from wfstate.model import WorkflowState
 from wfstate.mutations import Mutation
@@ -359,14 +359,7 @@ def check_state(w: TxnWorkload, disk: SimFileSystem, at: int) -> list[tuple[str,
     found: list[tuple[str, str]] = []
     try:
         with open_sim_store(disk) as store:
-            got = {wf: state_bytes(store.load(wf)) for wf in store.list_workflows()}
-            index = {info.id: info for info in store.checkpoints()}
-            read: dict[str, bytes | str] = {}
-            for checkpoint_id in index:
-                try:
-                    read[checkpoint_id] = state_bytes(store.checkpoint_state(checkpoint_id))
-                except CorruptionError as exc:
-                    read[checkpoint_id] = f"does not read: {exc}"
+            got, index, read = read_store(store)
         once = disk.snapshot()
         with open_sim_store(disk):
             pass

@@ -11,14 +11,12 @@ state of every crash point, after reopening the store:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable
 
-from tests.crashcheck import CK_STORE, open_sim_store
+from tests.crashcheck import open_sim_store, txn_files
 from tests.simfs import SimFileSystem
 from wfstate.backends.local import LocalStore
-from wfstate.format import TXN_DIRS
 from wfstate.model import WorkflowStep
 from wfstate.mutations import CreateWorkflow, Mutation, PutStepOutput, SetStepStatus
 
@@ -33,17 +31,6 @@ def _step(workflow_id: str, text: str) -> list[Mutation]:
         SetStepStatus(workflow_id=workflow_id, step_id="s0", status="running", at=0),
         PutStepOutput(workflow_id=workflow_id, step_id="s0", data={"t": text * 40}, at=0),
     ]
-
-
-def _files(fs: SimFileSystem) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for directory in TXN_DIRS:
-        root = os.path.join(CK_STORE, directory)
-        if fs.exists(root):
-            for name in fs.listdir(root):
-                if not name.endswith(".lock"):
-                    out[f"{directory}/{name}"] = fs.read_file(os.path.join(root, name))
-    return out
 
 
 Observed = tuple[bool, ...]
@@ -102,18 +89,18 @@ def test_a_session_import_is_all_or_nothing_in_every_crash_state() -> None:
     fs = SimFileSystem()
     store = open_sim_store(fs)
     store.commit(_create("local"))
-    before = _files(fs)
+    before = txn_files(fs)
     begun = fs.op_count
     info = store.import_session(bundle)
     acked = fs.op_count
-    after = _files(fs)
+    after = txn_files(fs)
     imported = {i.id for i in store.checkpoints()}
     store.close()
     written = {p for p in after if after[p] != before.get(p)}
     assert len(written) == 1 + 2 + 3  # the session file, 2 state files, 3 checkpoints
 
     def observe(reopened: LocalStore, disk: SimFileSystem) -> Observed:
-        files = _files(disk)
+        files = txn_files(disk)
         listed = reopened.list_workflows()
         states = [
             w in listed and reopened.load(w).workflow == expected[w].workflow for w in expected
@@ -141,7 +128,7 @@ def test_a_restore_into_the_workflow_file_is_all_or_nothing_in_every_crash_state
     lsn = store.restore(checkpoint.id, to_file=True)
     acked = fs.op_count
     restored = store.load("w")
-    content = _files(fs)["workflows/w.state"]
+    content = txn_files(fs)["workflows/w.state"]
     store.close()
 
     def observe(reopened: LocalStore, disk: SimFileSystem) -> Observed:
@@ -149,7 +136,7 @@ def test_a_restore_into_the_workflow_file_is_all_or_nothing_in_every_crash_state
         return (
             state == restored,
             state.metadata.last_lsn == lsn,
-            _files(disk).get("workflows/w.state") == content,
+            txn_files(disk).get("workflows/w.state") == content,
         )
 
     found = _explore(fs, begun, acked, observe)

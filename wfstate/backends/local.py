@@ -558,20 +558,8 @@ class LocalStore(TableStore):
                 raise NotFoundError(f"workflow_id: no workflow {workflow_id!r}")
             origin = self._table.origin(workflow_id)
             assert origin is not None
-            template = CheckpointInfo(
-                id=f"ck-{secrets.token_hex(8)}",
-                workflow_id=workflow_id,
-                origin=origin,
-                lsn=state.metadata.last_lsn,
-                parent=None,
-                session_id=state.context.session_id,
-                type=type,
-                tags=tags,
-                description=description,
-                file="",
-                size=0,
-                checksum=0,
-                created=self._clock(),
+            template = _new_entry(
+                state, origin, type, self._clock(), tags=tags, description=description
             )
             parent = None if full else self._parent_for(workflow_id, origin)
         prepared = self._files.prepare(template, state, parent)
@@ -956,21 +944,7 @@ class LocalStore(TableStore):
         state = self._table.get(workflow_id)
         origin = self._table.origin(workflow_id)
         assert state is not None and origin is not None
-        template = CheckpointInfo(
-            id=f"ck-{secrets.token_hex(8)}",
-            workflow_id=workflow_id,
-            origin=origin,
-            lsn=state.metadata.last_lsn,
-            parent=None,
-            session_id=state.context.session_id,
-            type="compaction",
-            tags=(),
-            description="",
-            file="",
-            size=0,
-            checksum=0,
-            created=self._clock(),
-        )
+        template = _new_entry(state, origin, "compaction", self._clock())
         prepared = self._files.prepare(template, state, None)
         try:
             self._commit_checkpoint(writer, prepared)
@@ -1270,36 +1244,9 @@ class LocalStore(TableStore):
     ) -> tuple[bytes, CheckpointInfo]:
         """A full checkpoint file of ``state`` under a fresh id (docs/format.md §9.1; also the
         layout of a workflow state file, §10.3), and the ``manual`` entry naming it."""
-        checkpoint_id = f"ck-{secrets.token_hex(8)}"
-        file = checkpoint_file_name(checkpoint_id)
-        lsn = state.metadata.last_lsn
-        data = encode_checkpoint(
-            checkpoint_id=checkpoint_id,
-            workflow_id=state.workflow.id,
-            origin=origin,
-            lsn=lsn,
-            epoch=self._log.epoch,
-            parent=None,
-            state=state,
-            delta=None,
-            compression=self._policy.compression,
-        )
-        info = CheckpointInfo(
-            id=checkpoint_id,
-            workflow_id=state.workflow.id,
-            origin=origin,
-            lsn=lsn,
-            parent=None,
-            session_id=state.context.session_id,
-            type="manual",
-            tags=(),
-            description="",
-            file=file,
-            size=len(data),
-            checksum=read_header(data, file).header_checksum,
-            created=created,
-        )
-        return data, info
+        template = _new_entry(state, origin, "manual", created)
+        data = self._encode_full(template, origin, state)
+        return data, self._entry_of(template, data, origin)
 
     def read_state_file(self, workflow_id: str) -> WorkflowState:
         """The state in ``workflows/<workflow_id>.state`` (docs/format.md §10.3), verified as a
@@ -1655,13 +1602,14 @@ class LocalStore(TableStore):
     @staticmethod
     def _entry_of(info: CheckpointInfo, data: bytes, origin: int) -> CheckpointInfo:
         """``info`` describing the full file ``data`` (with ``origin``)."""
+        file = checkpoint_file_name(info.id)
         return msgspec.structs.replace(
             info,
             origin=origin,
             parent=None,
-            file=checkpoint_file_name(info.id),
+            file=file,
             size=len(data),
-            checksum=read_header(data, info.file).header_checksum,
+            checksum=read_header(data, file).header_checksum,
         )
 
     def _append_session_event(
@@ -1834,6 +1782,34 @@ class _TxnPlan:
     batch: list[Mutation] = field(default_factory=list)
     results: dict[str, WorkflowState | None] = field(default_factory=dict)
     owner: tuple[str, int] | None = None
+
+
+def _new_entry(
+    state: WorkflowState,
+    origin: int,
+    type: CheckpointType,
+    created: float,
+    *,
+    tags: tuple[str, ...] = (),
+    description: str = "",
+) -> CheckpointInfo:
+    """The entry of a new checkpoint of ``state`` under a fresh id, before its file exists
+    (``file``, ``size`` and ``checksum`` are filled in once it is encoded)."""
+    return CheckpointInfo(
+        id=f"ck-{secrets.token_hex(8)}",
+        workflow_id=state.workflow.id,
+        origin=origin,
+        lsn=state.metadata.last_lsn,
+        parent=None,
+        session_id=state.context.session_id,
+        type=type,
+        tags=tags,
+        description=description,
+        file="",
+        size=0,
+        checksum=0,
+        created=created,
+    )
 
 
 def _droppable(index: CheckpointIndex, wanted: set[str]) -> set[str]:
