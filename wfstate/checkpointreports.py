@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from wfstate.checkpointindex import CheckpointInfo
+from wfstate.wal.reader import LogDamage
 
 
 class CheckpointCheck(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,3 +104,26 @@ class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
         if not self.appended_payload_bytes:
             return None
         return self.appended_stored_bytes / self.appended_payload_bytes
+
+
+class RolledForward(msgspec.Struct, frozen=True, kw_only=True):
+    """A decided transaction (its ``TXN`` record is in the log) whose files were not all in
+    place at open: ``files`` the participant paths the open renamed into place."""
+
+    txn_id: str
+    files: tuple[str, ...]
+
+
+class OpenReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What opening the store found and repaired (beyond replaying the log).
+
+    ``log_damage``: what the log's recovery found (torn tails cut, corruption handled by the
+    recovery mode), with file, offset and byte count. ``rolled_forward``: decided transactions
+    the open finished. ``undecided``: temp files of transactions never decided (their writers
+    died before the ``TXN`` record was durable), removed by the open; paths relative to the
+    store directory.
+    """
+
+    log_damage: tuple[LogDamage, ...]
+    rolled_forward: tuple[RolledForward, ...]
+    undecided: tuple[str, ...]

@@ -426,6 +426,12 @@ def _temp_path(root: str, file: TxnFile) -> str:
     return os.path.join(root, os.path.dirname(file.path), file.temp)
 
 
+def in_doubt_files(fs: FileSystem, root: str, txn: Txn) -> list[str]:
+    """The participant paths of decided ``txn`` whose temp file is still there (not yet renamed
+    into place: what a roll forward will rename), in participant order."""
+    return [file.path for file in txn.files if fs.exists(_temp_path(root, file))]
+
+
 def _directories(root: str, files: Iterable[TxnFile]) -> list[str]:
     """The directories of ``files``, each once, in participant order."""
     return list(dict.fromkeys(os.path.dirname(os.path.join(root, f.path)) for f in files))

@@ -62,7 +62,9 @@ from wfstate.checkpointpolicy import DEFAULT_POLICY, CheckpointPolicy
 from wfstate.checkpointreports import (
     CheckpointCheck,
     CompactionReport,
+    OpenReport,
     RecoverySuggestion,
+    RolledForward,
     StoreStats,
 )
 from wfstate.checkpoints import CheckpointFiles, Prepared
@@ -139,6 +141,7 @@ from wfstate.twophase import (
     decode_txn,
     encode_txn,
     finish,
+    in_doubt_files,
     prepare,
     roll_forward,
     undecided_temps,
@@ -199,6 +202,7 @@ class LocalStore(TableStore):
         self._call = threading.local()  # .session: the Session of the commit on this thread
         self._checkpoint_observer: Callable[[CheckpointInfo], None] | None = None
         self._held_created: list[CheckpointInfo] = []  # by compaction, told once unlocked
+        self._opened = OpenReport(log_damage=(), rolled_forward=(), undecided=())
 
     @classmethod
     def open(
@@ -981,6 +985,13 @@ class LocalStore(TableStore):
         tails, corrupt records skipped by the recovery mode), and since, while catching up."""
         return tuple(self._log.recovery)
 
+    @property
+    def open_report(self) -> OpenReport:
+        """What opening this handle found and repaired: log damage, decided transactions
+        rolled forward, undecided temp files removed (``python -m wfstate recover`` lists
+        them)."""
+        return self._opened
+
     def set_sync_observer(self, observer: Callable[[float], None] | None) -> None:
         """Call ``observer`` with the seconds each fdatasync of the store's log takes (for
         metrics; None removes it). See :meth:`wfstate.wal.log.Log.set_sync_observer`."""
@@ -1070,9 +1081,25 @@ class LocalStore(TableStore):
         lock is not taken when the log holds no ``TXN`` record and no such temp file exists."""
         directories = [os.path.join(self.path, d) for d in TXN_DIRS]
         if not self._unfinished and not any(undecided_temps(self._fs, d) for d in directories):
+            self._opened = OpenReport(
+                log_damage=tuple(self._log.recovery), rolled_forward=(), undecided=()
+            )
             return
-        with self._mutex, self._held():
-            self._delete_undecided(TXN_DIRS)
+        with self._mutex, self._log.writing() as _writer:
+            # caught up: the transactions to finish are all read (the lock is held)
+            in_doubt = [(t.id, in_doubt_files(self._fs, self.path, t)) for t in self._unfinished]
+            with self._held():
+                undecided = [
+                    f"{d}/{temp}"
+                    for d in TXN_DIRS
+                    for temp in undecided_temps(self._fs, os.path.join(self.path, d))
+                ]
+                self._delete_undecided(TXN_DIRS)
+        self._opened = OpenReport(
+            log_damage=tuple(self._log.recovery),
+            rolled_forward=tuple(RolledForward(txn_id=i, files=tuple(f)) for i, f in in_doubt if f),
+            undecided=tuple(undecided),
+        )
 
     def _delete_undecided(self, directories: Sequence[str]) -> None:
         """Delete the temp files of dead writers in ``directories`` (names below the store),
