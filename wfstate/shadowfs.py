@@ -290,6 +290,8 @@ class ShadowFileSystem:
             if self._is_dir(dst):
                 raise _error(errno.EISDIR, dst)
             self._check_parent(dst)
+            if src == dst:  # POSIX: renaming a file to itself does nothing
+                return
             self._view[dst] = node
             self._view[src] = None
 
