@@ -16,6 +16,7 @@ import pytest
 
 from tests.crashmixed import (
     BROKEN_DISKS,
+    BROKEN_STRIDE,
     MixedWorkload,
     explore_broken,
     explore_mixed,
@@ -185,6 +186,6 @@ def test_every_crash_point_of_the_mixed_workload_and_of_its_repairing_recoveries
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(BROKEN_DISKS))
-def test_every_crash_point_on_each_broken_disk_shows_the_bug(name: str) -> None:
-    _w, o = explore_broken(name)
+def test_each_broken_disk_shows_the_bug_as_the_reliability_report_explores_it(name: str) -> None:
+    _w, o = explore_broken(name, stride=BROKEN_STRIDE[name])
     assert o.states_with_violations > 0, {k: len(v) for k, v in o.found.items()}
