@@ -52,12 +52,16 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import itertools
 import os
+import random
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.crashcheck import CK_CLOCK, CK_STORE, state_bytes, store_plan
 from tests.simfs import Create, Fault, FaultOp, Fsync, SimFileSystem
@@ -65,9 +69,15 @@ from wfstate.backends.local import LocalStore, Session
 from wfstate.backends.memory import MemoryStore
 from wfstate.checkpointindex import CheckpointInfo
 from wfstate.checkpointpolicy import MANUAL_ONLY
-from wfstate.errors import CorruptionError, StorePoisonedError, WfstateError
-from wfstate.format import WAL_DIR, parse_segment_name, session_file_name
-from wfstate.mutations import Mutation
+from wfstate.errors import (
+    CorruptionError,
+    StorePoisonedError,
+    TransactionError,
+    WfstateError,
+)
+from wfstate.format import TXN_DIRS, WAL_DIR, parse_segment_name, session_file_name
+from wfstate.model import WorkflowStep
+from wfstate.mutations import CreateWorkflow, Mutation, PutStepOutput
 from wfstate.retention import RetentionPolicy
 from wfstate.wal import Compression
 
@@ -720,3 +730,219 @@ def injection_table(report: InjectionReport) -> str:
     cells += [total.acks_after_failed_sync, len(total.problems)]
     rows.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(rows)
+
+
+# -- real ENOSPC on a small tmpfs ------------------------------------------------------------------
+#
+# Each scenario runs a store on a real 512 KiB tmpfs, with a filler file written first so that
+# the disk fills up where the scenario wants it: a batch's log append, a checkpoint's file, a
+# two-phase commit's prepare. Then: the failing call raises the error the store's contract
+# names (chained to ENOSPC), nothing acknowledged is lost, later writes are refused (the log
+# poisoned) or accepted (a failed prepare), and after the filler is deleted a reopened store
+# holds every acknowledged batch and accepts new ones.
+
+SMALL_DISK = "512k"
+
+
+class MountRefused(Exception):
+    """This machine does not let the tests mount a tmpfs (not root, or no permission)."""
+
+
+@contextlib.contextmanager
+def small_disk(path: Path) -> Iterator[Path]:
+    """A tmpfs of :data:`SMALL_DISK` mounted on ``path`` (created), unmounted on exit."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        raise MountRefused("mounting a tmpfs needs root")
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise MountRefused(f"mount -t tmpfs refused: {detail.strip()}") from exc
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True, capture_output=True, timeout=30)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Write ``disk/filler`` (synced) until at most ``leave`` bytes are free."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        while True:
+            st = os.statvfs(disk)
+            if st.f_bavail * st.f_frsize <= leave:
+                break
+            try:
+                os.write(fd, bytes(4096))
+            except OSError:
+                break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _is_enospc(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or is caused by, ``OSError(ENOSPC)``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _output(i: int, size: int) -> PutStepOutput:
+    text = random.Random(i).randbytes(size // 2).hex()
+    return PutStepOutput(workflow_id="w", step_id="s", data={"i": i, "text": text}, at=0)
+
+
+def _open_real(path: str) -> LocalStore:
+    return LocalStore.open(path, compression=Compression(codec="none"), checkpoints=MANUAL_ONLY)
+
+
+@dataclass
+class EnospcOutcome:
+    """What one scenario saw; ``problems`` is expected empty."""
+
+    scenario: str
+    acknowledged: int = 0  # batches acknowledged before the disk filled up (and after)
+    error: str = ""  # the failing call's exception, and whether ENOSPC caused it
+    later_writes: str = ""  # "refused (StorePoisonedError)" or "accepted"
+    recovered: int = 0  # acknowledged batches found after freeing space and reopening
+    problems: list[str] = field(default_factory=list)
+
+
+def _acked_outputs(path: str) -> list[int]:
+    with _open_real(path) as store:
+        found = []
+        for output in store.load("w").outputs.get("s", ()):
+            assert isinstance(output.data, dict)
+            found.append(int(output.data["i"]))
+        return found
+
+
+def _after_freeing(out: EnospcOutcome, path: str, filler: Path, acked: list[int]) -> None:
+    """Delete the filler, reopen: every acknowledged batch there, a new one accepted."""
+    filler.unlink()
+    try:
+        got = _acked_outputs(path)
+        out.recovered = sum(i in got for i in acked)
+        if got[: len(acked)] != acked or len(got) > len(acked) + 1:
+            out.problems.append(f"acknowledged {acked}, found {got} after reopening")
+        with _open_real(path) as store:
+            store.commit([_output(10_000, 100)])
+        if _acked_outputs(path)[-1] != 10_000:
+            out.problems.append("a batch after freeing space is not there after reopening")
+    except Exception as exc:
+        out.problems.append(f"reopening after freeing space raised {exc!r}")
+
+
+def _create(store: LocalStore, size: int) -> None:
+    step = WorkflowStep(id="s", name="s")
+    store.commit([CreateWorkflow(workflow_id="w", name="w", steps=(step,), at=0)])
+    store.commit([_output(0, size)])
+
+
+def enospc_log_append(disk: Path) -> EnospcOutcome:
+    """Batches of 3 KiB until the disk is full: the failing commit raises
+    ``StorePoisonedError`` caused by ENOSPC, every later one too."""
+    out = EnospcOutcome("a batch's log append")
+    path = str(disk / "store-log")
+    acked = [0]
+    with _open_real(path) as store:
+        _create(store, 100)
+        filler = fill(disk, 16 * 1024)
+        for i in range(1, 200):
+            try:
+                store.commit([_output(i, 3000)])
+            except Exception as exc:
+                out.error = f"{type(exc).__name__}{' (ENOSPC)' if _is_enospc(exc) else ''}"
+                if not isinstance(exc, StorePoisonedError) or not _is_enospc(exc):
+                    out.problems.append(f"the full disk raised {exc!r}")
+                break
+            acked.append(i)
+        else:
+            out.problems.append("the disk never filled up")
+        try:
+            store.commit([_output(999, 10)])
+            out.later_writes = "accepted"
+            out.problems.append("a batch was acknowledged after the log was poisoned")
+        except StorePoisonedError:
+            out.later_writes = "refused (StorePoisonedError)"
+    out.acknowledged = len(acked)
+    _after_freeing(out, path, filler, acked)
+    return out
+
+
+def enospc_checkpoint(disk: Path) -> EnospcOutcome:
+    """A checkpoint of a 150 KiB state with 48 KiB free: the checkpoint raises ``OSError``
+    (ENOSPC), its temp file is removed, and the store goes on taking batches."""
+    out = EnospcOutcome("a checkpoint's file")
+    path = str(disk / "store-checkpoint")
+    with _open_real(path) as store:
+        _create(store, 150_000)
+        filler = fill(disk, 48 * 1024)
+        try:
+            store.checkpoint("w")
+            out.problems.append("the checkpoint fitted: the scenario does not fill the disk")
+        except Exception as exc:
+            out.error = f"{type(exc).__name__}{' (ENOSPC)' if _is_enospc(exc) else ''}"
+            if not isinstance(exc, OSError) or not _is_enospc(exc):
+                out.problems.append(f"the full disk raised {exc!r}")
+        out.problems += _goes_on(store, out, path)
+    _after_freeing(out, path, filler, [0, 1])
+    return out
+
+
+def enospc_prepare(disk: Path) -> EnospcOutcome:
+    """``write_state_files`` of a 150 KiB state with 48 KiB free: it raises
+    ``TransactionError`` (ENOSPC), its temp files are removed, the store goes on."""
+    out = EnospcOutcome("a two-phase commit's prepare")
+    path = str(disk / "store-2pc")
+    with _open_real(path) as store:
+        _create(store, 150_000)
+        filler = fill(disk, 48 * 1024)
+        try:
+            store.write_state_files()
+            out.problems.append("the transaction fitted: the scenario does not fill the disk")
+        except Exception as exc:
+            out.error = f"{type(exc).__name__}{' (ENOSPC)' if _is_enospc(exc) else ''}"
+            if not isinstance(exc, TransactionError) or not _is_enospc(exc):
+                out.problems.append(f"the full disk raised {exc!r}")
+        out.problems += _goes_on(store, out, path)
+    _after_freeing(out, path, filler, [0, 1])
+    return out
+
+
+def _goes_on(store: LocalStore, out: EnospcOutcome, path: str) -> list[str]:
+    """After a failed prepare: no temp file left, the next batch acknowledged."""
+    left = [
+        f"{d}/{n}"
+        for d in TXN_DIRS
+        for n in os.listdir(os.path.join(path, d))
+        if n.endswith(".tmp")
+    ]
+    try:
+        store.commit([_output(1, 100)])
+        out.later_writes = "accepted"
+    except Exception as exc:
+        out.later_writes = f"refused ({type(exc).__name__})"
+        return [f"the store did not go on after the failed prepare: {exc!r}"]
+    out.acknowledged = 2
+    return [f"temp files left: {left}"] if left else []
+
+
+ENOSPC_SCENARIOS: tuple[Callable[[Path], EnospcOutcome], ...] = (
+    enospc_log_append,
+    enospc_checkpoint,
+    enospc_prepare,
+)
