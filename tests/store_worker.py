@@ -56,7 +56,7 @@ from wfstate.model import WorkflowState, WorkflowStep, validate_state
 from wfstate.mutations import CreateWorkflow, Mutation, PutStepOutput, SetStepStatus
 from wfstate.retention import RetentionPolicy
 from wfstate.store import Store
-from wfstate.wal import Durability
+from wfstate.wal import DEFAULT_SEGMENT_SIZE, Durability
 
 SHARED: Final = "shared"
 """Id of the workflow every writer writes to, and of its step collecting one output per batch."""
@@ -562,11 +562,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--maintain-every", type=int, default=0, help="ckwriter: compact+retain")
     parser.add_argument("--keep-last", type=int, default=2, help="ckwriter: retention")
     parser.add_argument("--fixed-clock", action="store_true", help="stamp FIXED_CLOCK + proc")
+    parser.add_argument("--segment-size", type=int, default=DEFAULT_SEGMENT_SIZE)
     args = parser.parse_args(argv)
     durability: Durability = args.durability
     store = LocalStore.open(
         args.store,
         durability=durability,
+        segment_size=args.segment_size,
         clock=fixed_clock(args.proc) if args.fixed_clock else time.time,
         checkpoints=KILL_LOOP_POLICY if args.role == "ckwriter" else DEFAULT_POLICY,
     )

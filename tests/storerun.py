@@ -726,6 +726,7 @@ class KillLoop:
     figures: dict[str, int] = field(default_factory=dict)
     logged_drops: set[str] = field(default_factory=set)  # ids of CHECKPOINT_DROP records seen
     seconds: float = 0.0
+    segment_size: int | None = None  # the writers' segment size (None: the default)
 
 
 def run_kill_loop(
@@ -740,17 +741,20 @@ def run_kill_loop(
     maintain_every: int = 20,
     keep_last: int = 2,
     timeout: float = TIMEOUT,
+    segment_size: int | None = None,
 ) -> tuple[KillLoop, list[str]]:
     """``rounds`` rounds of ``procs`` checkpointing writers, one SIGKILLed per round (module
     section comment; the kind of moment cycles through :data:`KILL_TRIGGERS`); the store is
-    checked after each. Returns the run and the problems of the first check that found any
-    (empty: none)."""
+    checked after each. ``segment_size``: the writers' log segment size (small ones make
+    every few batches rotate, and every compaction discard segments). Returns the run and the
+    problems of the first check that found any (empty: none)."""
     t0 = time.monotonic()
     deadline = t0 + timeout
     path = str(tmp_path / "store")
     total = rounds * commits
     setup = set_up_store(path, procs=procs, commits=total, claim_every=claim_every)
     loop = KillLoop(procs, commits, claim_every, checkpoint_every, maintain_every, keep_last, setup)
+    loop.segment_size = segment_size
     for r in range(rounds):
         loop.rounds.append(_kill_round(loop, tmp_path, r, seed, deadline))
         problems = check_kill_loop(loop, path, final=r == rounds - 1)
@@ -766,6 +770,8 @@ def _kill_round(loop: KillLoop, tmp_path: Path, r: int, seed: int, deadline: flo
     common = ["--store", path, "--start", str(start), "--stop", str(stop), "--fixed-clock"]
     common += ["--commits", str((r + 1) * loop.commits), "--claim-every", str(loop.claim_every)]
     common += ["--checkpoint-every", str(loop.checkpoint_every), "--keep-last", str(loop.keep_last)]
+    if loop.segment_size is not None:
+        common += ["--segment-size", str(loop.segment_size)]
     rnd = KillRound(number=r)
     rng = random.Random(f"kill loop {seed} round {r}")
     rnd.trigger = KILL_TRIGGERS[(seed + r) % len(KILL_TRIGGERS)]  # every kind in 4 rounds
@@ -901,6 +907,8 @@ def check_kill_loop(loop: KillLoop, path: str, *, final: bool = False) -> list[s
                 elif isinstance(e, Compacted):
                     compacted = max(compacted, e.first_lsn)
                     figures["compactions"] = figures.get("compactions", 0) + 1
+                    discarded = figures.get("segments discarded", 0) + e.segments_discarded
+                    figures["segments discarded"] = discarded
                 elif isinstance(e, Done):
                     done = True
             if p == rnd.victim and rnd.killed:
