@@ -30,7 +30,11 @@ of that file: the store itself never reads it back), ``verify()`` and the bad ch
 * **recovered**: no read raised and every value read equals the expected one (possibly with
   a repair or a fallback reported);
 * **silently wrong**: a read returned another value than the expected one and nothing
-  reported damage;
+  reported damage. One shape of it is a limit of the format and is counted apart: the last
+  segment cut exactly where a record ends (:func:`clean_end_cuts`) reads as a log that was
+  never longer (format §3.1: reading stops cleanly at the end of the file), so the
+  acknowledged records after the cut are gone and nothing can report it. Every other
+  silently wrong case fails the run;
 * **other exception**: something outside the ``WfstateError`` tree escaped (a defect).
 
 A flip is never assumed harmless: a flip in bytes no reader depends on is *recovered* only
@@ -49,7 +53,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from tests.bytesutil import record_spans
 from tests.simfs import SimFileSystem
@@ -204,8 +208,8 @@ def build_store() -> BuiltStore:
         kinds=kinds,
         expected=expected.values,
     )
-    verdict, why = classify(built, files)
-    assert (verdict, why) == ("recovered", ""), f"the undamaged store reads {verdict}: {why}"
+    case = classify(built, files)
+    assert case == ("recovered", "", ()), f"the undamaged store reads {case}"
     return built
 
 
@@ -326,32 +330,43 @@ def _names(fs: SimFileSystem, directory: str) -> list[str]:
     return [n for n in fs.listdir(f"{STORE}/{directory}") if not n.startswith(".")]
 
 
-def classify(built: BuiltStore, files: Mapping[str, bytes]) -> tuple[Verdict, str]:
-    """Open a fresh disk holding ``files`` and read it whole; the verdict (module docstring)
-    and what backs it (the first error, defect, report or differing item)."""
+class Case(NamedTuple):
+    """The verdict on one damaged copy (module docstring), what backs it (the first error,
+    defect, report or differing item), and every error and report the reading gave."""
+
+    verdict: Verdict
+    why: str
+    messages: tuple[str, ...] = ()
+
+
+def classify(built: BuiltStore, files: Mapping[str, bytes]) -> Case:
+    """Open a fresh disk holding ``files``, read it whole, and judge the reading."""
     fs = disk_with(built, files)
     try:
         store = open_store(fs)
     except WfstateError as exc:
-        return "detected", f"open: {type(exc).__name__}: {exc}"
+        why = f"open: {type(exc).__name__}: {exc}"
+        return Case("detected", why, (why,))
     except Exception as exc:
-        return "other exception", f"open: {type(exc).__name__}: {exc}"
+        return Case("other exception", f"open: {type(exc).__name__}: {exc}")
     reading = read_store(store, fs)
+    messages = (*reading.errors, *reading.reports)
     if reading.defects:
-        return "other exception", reading.defects[0]
+        return Case("other exception", reading.defects[0], messages)
     differing = [  # a value other than the expected one, an extra item, or one left out
         item
         for item in sorted(set(built.expected) | set(reading.values))
         if reading.values.get(item, _ABSENT) != built.expected.get(item, _ABSENT)
         and item not in reading.failed
     ]
+    also = f" (differs: {differing[0]})" if differing else ""
     if reading.failed:
-        return "detected", reading.errors[0] + (f" (differs: {differing[0]})" if differing else "")
+        return Case("detected", reading.errors[0] + also, messages)
     if differing and reading.reports:
-        return "detected", f"{reading.reports[0]} (differs: {differing[0]})"
+        return Case("detected", reading.reports[0] + also, messages)
     if differing:
-        return "silently wrong", f"{differing[0]} differs and nothing reported damage"
-    return "recovered", reading.reports[0] if reading.reports else ""
+        return Case("silently wrong", f"{differing[0]} differs and nothing reported damage")
+    return Case("recovered", reading.reports[0] if reading.reports else "", messages)
 
 
 _ABSENT = object()
@@ -400,7 +415,7 @@ def sample_heads(built: BuiltStore) -> dict[str, int]:
 
 
 def clean_end_cuts(data: bytes) -> set[int]:
-    """The sizes that cut a last segment's ``data`` at a record boundary (format §4: a clean
+    """The sizes that cut a last segment's ``data`` at a record boundary (format §3.1: a clean
     end, indistinguishable from a log that was never longer): the end of the header and of
     every record but the last, located by the independent parser of ``tests.bytesutil``."""
     return {64} | {span.offset + span.size for span in record_spans(data)[:-1]}
@@ -420,6 +435,7 @@ class KindTally:
     cuts: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
     refused_at_open: int = 0  # detected: opening the store raised
+    naming_the_file: int = 0  # detected: an error or report names the damaged file
     detected_differing: int = 0  # detected, and some read returned another value
     clean_end_cuts: int = 0  # silently wrong, as the known limit: a last segment cut cleanly
     violations: int = 0  # silently wrong otherwise, or raised outside the WfstateError tree
@@ -432,6 +448,7 @@ class KindTally:
         self.cuts += other.cuts
         self.verdicts.update(other.verdicts)
         self.refused_at_open += other.refused_at_open
+        self.naming_the_file += other.naming_the_file
         self.detected_differing += other.detected_differing
         self.clean_end_cuts += other.clean_end_cuts
         self.violations += other.violations
@@ -454,7 +471,7 @@ class CorruptionRun:
 
     def violations(self) -> list[str]:
         """The failing cases: silently wrong (but for clean cuts of the last segment, format
-        §4) or raised outside the WfstateError tree; and any count that does not add up."""
+        §3.1) or raised outside the WfstateError tree; and any count that does not add up."""
         found: list[str] = []
         for kind, t in self.tallies.items():
             if t.violations:
@@ -495,16 +512,19 @@ def run_corruption(*, exhaustive: bool, built: BuiltStore | None = None) -> Corr
             tally.files += 1
             tally.bytes += len(data)
             clean = clean_end_cuts(data) if kind == KINDS[1] else set()
+            name = os.path.basename(path)
             head = None if exhaustive else heads[path]
             for damage, label, damaged in damaged_copies(data, head):
                 if damage == "bit":
                     tally.bits += 1
                 else:
                     tally.cuts += 1
-                verdict, why = classify(built, {**built.files, path: damaged})
+                verdict, why, messages = classify(built, {**built.files, path: damaged})
                 tally.verdicts[verdict] += 1
                 if verdict == "detected" and why.startswith("open: "):
                     tally.refused_at_open += 1
+                if verdict == "detected" and any(name in m for m in messages):
+                    tally.naming_the_file += 1
                 if verdict == "detected" and "(differs: " in why:
                     tally.detected_differing += 1
                 if verdict == "silently wrong" and damage == "cut" and len(damaged) in clean:
@@ -518,15 +538,16 @@ def run_corruption(*, exhaustive: bool, built: BuiltStore | None = None) -> Corr
 
 # -- docs/reliability.md ------------------------------------------------------------------------
 TABLE_HEADER = (
-    "| file kind | files | bytes | bits flipped | truncations | detected | of which open "
-    "refused | of which a read differs, damage reported | recovered | silently wrong "
-    "| of which a clean cut of the last segment (format §4) | other exceptions |"
+    "| file kind | files | bytes | bits flipped | truncations | detected | of which naming the "
+    "damaged file | of which open refused | of which a read differs, damage reported "
+    "| recovered | silently wrong | of which a clean cut of the last segment (format §3.1) "
+    "| other exceptions |"
 )
 
 
 def table(run: CorruptionRun) -> str:
     """The run's figures as a Markdown table, one row per kind of file and a total."""
-    rows = [TABLE_HEADER, "|" + "---|" * 12]
+    rows = [TABLE_HEADER, "|" + "---|" * 13]
     rows.extend(_row(kind, t) for kind, t in run.tallies.items())
     rows.append(_row("**all**", run.total()))
     return "\n".join(rows)
@@ -536,7 +557,7 @@ def _row(kind: str, t: KindTally) -> str:
     v = t.verdicts
     return (
         f"| {kind} | {t.files} | {t.bytes} | {t.bits} | {t.cuts} | {v['detected']} "
-        f"| {t.refused_at_open} | {t.detected_differing} | {v['recovered']} "
+        f"| {t.naming_the_file} | {t.refused_at_open} | {t.detected_differing} | {v['recovered']} "
         f"| {v['silently wrong']} | {t.clean_end_cuts} | {v['other exception']} |"
     )
 
@@ -560,10 +581,11 @@ def reliability_section() -> str:
         "and every truncation offset, each on a fresh copy, then opened by the default recovery "
         "and read whole (every workflow, the index, every checkpoint's state, every state and "
         "session file, the sessions, `verify()`). *Detected*: an error of the `WfstateError` "
-        "tree or damage the store reports (log damage, a bad checkpoint); *recovered*: every "
-        "read equals what was acknowledged; *silently wrong*: a read differs and nothing was "
+        "tree (a checkpoint `verify()` finds bad counts as one), or a read that differs while "
+        "the store reported damage (log damage, a bad checkpoint); *recovered*: every read "
+        "equals what was acknowledged; *silently wrong*: a read differs and nothing was "
         "reported. The only silently wrong cases allowed are cuts of the last segment exactly "
-        "at a record boundary: such a log reads as one that was never longer (format §4), so "
+        "at a record boundary: such a log reads as one that was never longer (format §3.1), so "
         "the acknowledged batches after the cut are gone unreported. "
         f"{total.bits + total.cuts} cases in {run.seconds:.0f} s (`tests/storecorruption.py`; "
         "sampled in the default test run, exhaustive with `-m slow`).\n\n" + table(run) + "\n"

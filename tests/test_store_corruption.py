@@ -1,4 +1,5 @@
-"""Damage to every file of a whole store is detected or recovered, never silently wrong.
+"""Damage to every file of a whole store is detected or recovered; silently wrong only where
+the format says it must be (a last segment cut at a record boundary, format §3.1).
 
 The store, the damage and the classification are :mod:`tests.storecorruption`'s. The default
 run flips every bit of the first 64 bytes of one file of each kind and a stride of the bits of
@@ -122,10 +123,11 @@ def test_a_valid_state_file_with_another_state_is_silently_wrong(built: BuiltSto
         store.write_state_files(["a"])
     later = fs.read_file(f"{STORE}/{WORKFLOWS_DIR}/a.state")
     assert later != built.files[f"{WORKFLOWS_DIR}/a.state"]
-    verdict, why = classify(built, {**built.files, f"{WORKFLOWS_DIR}/a.state": later})
-    assert (verdict, why) == (
+    case = classify(built, {**built.files, f"{WORKFLOWS_DIR}/a.state": later})
+    assert case == (
         "silently wrong",
         "state file a.state differs and nothing reported damage",
+        (),
     )
 
 
@@ -136,25 +138,25 @@ def test_an_exception_outside_the_error_tree_is_a_defect(
         raise KeyError(path)
 
     monkeypatch.setattr(storecorruption, "decode_session_file", raw)
-    verdict, why = classify(built, built.files)
-    assert verdict == "other exception"
-    assert why.startswith("session file se-") and "KeyError" in why
+    case = classify(built, built.files)
+    assert case.verdict == "other exception"
+    assert case.why.startswith("session file se-") and "KeyError" in case.why
 
 
 def test_last_segment_cut_at_a_record_boundary_is_a_clean_end_the_store_cannot_see(
     built: BuiltStore,
 ) -> None:
-    """Format §4: a segment cut where a record ends reads as a log that was never longer;
+    """Format §3.1: a segment cut where a record ends reads as a log that was never longer;
     under the default recovery the acknowledged batches after the cut are gone and nothing
     reports it. The runs count these cases apart and fail on any other silently wrong one."""
     (last,) = paths_of(built, KINDS[1])
     data = built.files[last]
     for size in sorted(clean_end_cuts(data)):
-        verdict, why = classify(built, {**built.files, last: data[:size]})
-        assert verdict == "silently wrong", (size, why)
+        case = classify(built, {**built.files, last: data[:size]})
+        assert case.verdict == "silently wrong", (size, case)
     before_end = max(clean_end_cuts(data)) + 8  # inside the last record: a reported torn tail
-    verdict, why = classify(built, {**built.files, last: data[:before_end]})
-    assert verdict == "detected" and why.startswith("log damage: "), why
+    case = classify(built, {**built.files, last: data[:before_end]})
+    assert case.verdict == "detected" and case.why.startswith("log damage: "), case
 
 
 def test_a_session_record_file_is_only_checked_by_its_reader(built: BuiltStore) -> None:
@@ -162,8 +164,9 @@ def test_a_session_record_file_is_only_checked_by_its_reader(built: BuiltStore) 
     seen by its reader, ``decode_session_file``, which the runs call for every case."""
     (path,) = paths_of(built, KINDS[7])
     assert path.startswith(f"{SESSIONS_DIR}/")
-    verdict, why = classify(built, {**built.files, path: built.files[path][:-1]})
-    assert verdict == "detected" and why.startswith(f"session file {path.split('/')[1]}: "), why
+    case = classify(built, {**built.files, path: built.files[path][:-1]})
+    assert case.verdict == "detected", case
+    assert case.why.startswith(f"session file {path.split('/')[1]}: "), case
 
 
 @pytest.mark.slow
