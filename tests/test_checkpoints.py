@@ -422,3 +422,16 @@ def test_stats_report_compression_cached_state_and_fsyncs(tmp_path: Path) -> Non
     with pytest.raises(ValidationError) as info:
         LocalStore.open(str(tmp_path / "x"), sync_interval_ms=0)
     assert info.value.field == "sync_interval_ms" and not (tmp_path / "x").exists()
+
+
+def test_compacting_an_empty_store_does_nothing_and_raises_nothing(tmp_path: Path) -> None:
+    with LocalStore.open(str(tmp_path)) as store:
+        for dry_run in (True, False):
+            report = store.compact(dry_run=dry_run)
+            assert report.dry_run is dry_run
+            assert (report.checkpointed, report.segments_discarded, report.log_first_lsn) == (
+                (),
+                (),
+                1,
+            )
+        assert store.stats().last_lsn == 0

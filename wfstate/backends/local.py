@@ -858,6 +858,11 @@ class LocalStore(TableStore):
             self._check_open()
             self._catch_up()
             uncovered = self._uncovered()
+            if self._log.last_lsn == 0:  # an empty log: nothing to checkpoint or discard
+                return CompactionReport(
+                    dry_run=dry_run, checkpointed=(), segments_discarded=(),
+                    orphans_deleted=(), log_first_lsn=1, sessions_forgotten=(),
+                )  # fmt: skip
             if dry_run:
                 return CompactionReport(
                     dry_run=True,
