@@ -29,6 +29,7 @@ from tests.faultinject import (
     inject_every_n,
     injection_table,
     reaction_problems,
+    reliability_section,
     run_workload,
 )
 from tests.simfs import Fault, FaultOp
@@ -128,3 +129,10 @@ def test_a_wrong_reaction_to_a_failure_is_caught() -> None:
     stopped = dataclasses.replace(steps[k + 1], error=StorePoisonedError("stopped"))
     run = dataclasses.replace(prepare.run, steps=[*steps[: k + 1], stopped, *steps[k + 2 :]])
     assert "the store goes on from" in reaction_problems(run, prepare.fault)[0]
+
+
+@pytest.mark.slow
+def test_the_reliability_section_runs_every_check_and_reports_its_figures() -> None:
+    section = reliability_section()  # raises AssertionError on any violation
+    assert section.startswith("## ")
+    assert "| **all** |" in section and "| seed |" in section
