@@ -706,15 +706,7 @@ class _DeferringFS(SimFileSystem):
             for op in held:
                 self._record(op)
 
-
-class AckBeforeSyncFS(_DeferringFS):
-    """fdatasync returns at once and the sync happens only at the next mutating operation:
-    every log append is acknowledged before it is durable."""
-
-    def fdatasync(self, fd: int) -> None:
-        self._flush()
-        self._defer(fd, "fdatasync")
-
+    # every mutating operation first records the syncs held back (subclasses hold one kind)
     def write(self, fd: int, data: bytes | memoryview) -> None:
         self._flush()
         super().write(fd, data)
@@ -726,48 +718,6 @@ class AckBeforeSyncFS(_DeferringFS):
     def fsync(self, fd: int) -> None:
         self._flush()
         super().fsync(fd)
-
-    def create_exclusive(self, path: str) -> int:
-        self._flush()
-        return super().create_exclusive(path)
-
-    def mkdir(self, path: str) -> None:
-        self._flush()
-        super().mkdir(path)
-
-    def replace(self, src: str, dst: str) -> None:
-        self._flush()
-        super().replace(src, dst)
-
-    def unlink(self, path: str) -> None:
-        self._flush()
-        super().unlink(path)
-
-    def fsync_dir(self, path: str) -> None:
-        self._flush()
-        super().fsync_dir(path)
-
-
-class RenameBeforeFsyncFS(_DeferringFS):
-    """A file's fsync is held back past the rename that follows it (and happens right after
-    that rename); before any other mutating operation it happens as called. So a temp file is
-    renamed into place before it is durable, as code that renames before fsyncing would."""
-
-    def fsync(self, fd: int) -> None:
-        self._flush()
-        self._defer(fd, "fsync")
-
-    def replace(self, src: str, dst: str) -> None:
-        super().replace(src, dst)
-        self._flush()
-
-    def write(self, fd: int, data: bytes | memoryview) -> None:
-        self._flush()
-        super().write(fd, data)
-
-    def truncate(self, fd: int, size: int) -> None:
-        self._flush()
-        super().truncate(fd, size)
 
     def fdatasync(self, fd: int) -> None:
         self._flush()
@@ -781,6 +731,10 @@ class RenameBeforeFsyncFS(_DeferringFS):
         self._flush()
         super().mkdir(path)
 
+    def replace(self, src: str, dst: str) -> None:
+        self._flush()
+        super().replace(src, dst)
+
     def unlink(self, path: str) -> None:
         self._flush()
         super().unlink(path)
@@ -788,6 +742,29 @@ class RenameBeforeFsyncFS(_DeferringFS):
     def fsync_dir(self, path: str) -> None:
         self._flush()
         super().fsync_dir(path)
+
+
+class AckBeforeSyncFS(_DeferringFS):
+    """fdatasync returns at once and the sync happens only at the next mutating operation:
+    every log append is acknowledged before it is durable."""
+
+    def fdatasync(self, fd: int) -> None:
+        self._flush()
+        self._defer(fd, "fdatasync")
+
+
+class RenameBeforeFsyncFS(_DeferringFS):
+    """A file's fsync is held back past the rename that follows it (and happens right after
+    that rename); before any other mutating operation it happens as called. So a temp file is
+    renamed into place before it is durable, as code that renames before fsyncing would."""
+
+    def fsync(self, fd: int) -> None:
+        self._flush()
+        self._defer(fd, "fsync")
+
+    def replace(self, src: str, dst: str) -> None:
+        SimFileSystem.replace(self, src, dst)
+        self._flush()
 
 
 BROKEN_DISKS: dict[str, Callable[[], SimFileSystem]] = {
