@@ -629,14 +629,45 @@ def check_checkpoint_state(
         if state != w.expected(info.workflow_id, info.lsn):
             why = state if isinstance(state, str) else "another state than the one taken"
             found.append(("checkpoints loading wrong", f"{checkpoint_id}: {why}"))
-    dropping = {cid for start, _op, cid in w.drops if start <= at}
-    dropped = {cid for _start, op, cid in w.drops if op <= at}
-    for op, checkpoint_id in w.checkpoint_acks:
+    found += dropped_and_discarded_violations(
+        index=set(index),
+        first_lsn=first_lsn,
+        disk=disk,
+        at=at,
+        checkpoint_acks=w.checkpoint_acks,
+        dropping={cid for start, _op, cid in w.drops if start <= at},
+        dropped={cid for _start, op, cid in w.drops if op <= at},
+        discards=w.discards,
+        lost="acknowledged checkpoints lost",
+    )
+    return found
+
+
+def dropped_and_discarded_violations(
+    *,
+    index: set[str],
+    first_lsn: int,
+    disk: SimFileSystem,
+    at: int,
+    checkpoint_acks: Sequence[tuple[int, str]],
+    dropping: set[str],
+    dropped: set[str],
+    discards: Sequence[tuple[int, int]],
+    lost: str,
+) -> list[tuple[str, str]]:
+    """What a reopened store (checkpoint ids ``index``, log from ``first_lsn``, files on
+    ``disk``) must hold in a crash state cut after ``at`` operations: every checkpoint
+    acknowledged by then (op, id) unless a drop of it had begun (``dropping``), reported as
+    kind ``lost``; none whose drop was acknowledged (``dropped``); a log starting at or after
+    the anchor of every compaction acknowledged by then (``discards``: op, its DISCARD LSN),
+    with no segment before its start left on disk once the store is open."""
+    found: list[tuple[str, str]] = []
+    for op, checkpoint_id in checkpoint_acks:
         if op <= at and checkpoint_id not in dropping and checkpoint_id not in index:
-            found.append(("acknowledged checkpoints lost", f"{checkpoint_id} is not in the index"))
-    if dropped & set(index):
-        found.append(("dropped checkpoints resurrected", f"{sorted(dropped & set(index))}"))
-    owed = max((lsn for op, lsn in w.discards if op <= at), default=1)
+            found.append((lost, f"checkpoint {checkpoint_id} is not in the index"))
+    if dropped & index:
+        found.append(("dropped checkpoints resurrected", f"{sorted(dropped & index)}"))
+    owed = max((lsn for op, lsn in discards if op <= at), default=1)
     if first_lsn < owed:
         found.append(("discarded segments resurrected", f"the log starts at {first_lsn}, "
                       f"not at or after the acknowledged compaction's {owed}"))  # fmt: skip

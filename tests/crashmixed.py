@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -56,6 +55,7 @@ from tests.crashcheck import (
     CrashOutcome,
     NoDataSyncFS,
     NoDirSyncFS,
+    dropped_and_discarded_violations,
     open_sim_store,
     read_store,
     state_bytes,
@@ -482,19 +482,17 @@ def check_mixed_state(
             why = read[checkpoint_id]
             found.append(("checkpoints loading wrong", why if isinstance(why, str) else
                           f"{checkpoint_id} holds another state"))  # fmt: skip
-    for op, checkpoint_id in w.checkpoint_acks:
-        if op <= at and checkpoint_id not in dropping and checkpoint_id not in index:
-            found.append(("acknowledged writes lost", f"checkpoint {checkpoint_id}"))
-    if dropped & set(index):
-        found.append(("dropped checkpoints resurrected", f"{sorted(dropped & set(index))}"))
-    owed = max((lsn for op, lsn in w.discards if op <= at), default=1)
-    if first_lsn < owed:
-        found.append(("discarded segments resurrected", f"the log starts at {first_lsn}, "
-                      f"the compaction acknowledged discarded up to {owed}"))  # fmt: skip
-    wal = os.path.join(CK_STORE, WAL_DIR)
-    left = [n for n in disk.listdir(wal) if (p := parse_segment_name(n)) and p[1] < first_lsn]
-    if left:
-        found.append(("discarded segments resurrected", f"{left} still there"))
+    found += dropped_and_discarded_violations(
+        index=set(index),
+        first_lsn=first_lsn,
+        disk=disk,
+        at=at,
+        checkpoint_acks=w.checkpoint_acks,
+        dropping=dropping,
+        dropped=dropped,
+        discards=w.discards,
+        lost="acknowledged writes lost",
+    )
     # sessions started
     for op, session_id in w.session_starts:
         if op <= at and session_id not in sessions:
