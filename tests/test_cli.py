@@ -205,11 +205,12 @@ def test_a_store_in_use_is_exit_1_after_the_lock_timeout(
     held = OS_FS.open_lock(str(tmp_path / LOCK_FILE))
     assert OS_FS.try_lock(held)
     try:
-        code, _out, err = run(capsys, "recover", str(tmp_path), "--apply", "--lock-timeout", "0.2")
+        for apply in (["--apply"], []):  # a plan takes the writers' lock too
+            code, _out, err = run(capsys, "recover", str(tmp_path), *apply, "--lock-timeout", "0.2")
+            assert code == 1 and "in use by another process" in err and err.count("\n") == 1
     finally:
         OS_FS.unlock(held)
         OS_FS.close_lock(held)
-    assert code == 1 and "in use by another process" in err and err.count("\n") == 1
 
 
 def test_bad_usage_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -246,3 +247,39 @@ def test_the_progress_bar_shows_only_on_a_terminal() -> None:
     screen = _Terminal()
     assert list(terminal_bar(screen)(items, label="checking", total=3)) == items
     assert "checking:" in screen.getvalue() and "/3" in screen.getvalue()
+
+
+def test_verify_reads_every_state_file_and_session_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small_store(tmp_path)
+    api = open_store(str(tmp_path))
+    session = api.start_session("ops")
+    api.update_step("alpha", "s1", "running", session=session)
+    api.end_session(session)
+    api.store.write_state_files(["beta"])
+    api.close()
+    code, out, _ = run(capsys, "verify", str(tmp_path))
+    assert code == 0 and "state files: 2 checked" in out and "session files: 1 checked" in out
+    damaged = [
+        tmp_path / "workflows" / "beta.state",
+        tmp_path / "sessions" / f"{session.id}.session",
+    ]
+    for path in damaged:
+        flip_bit(path, 8 * (path.stat().st_size // 2))
+    code, out, _ = run(capsys, "verify", str(tmp_path), "--json")
+    report = json.loads(out)
+    assert code == 3
+    assert sorted(p["path"] for p in report["file_problems"]) == sorted(
+        str(p.relative_to(tmp_path)) for p in damaged
+    )
+
+
+def test_inspect_counts_the_pending_repairs_the_plan_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small_store(tmp_path)
+    torn(tmp_path)
+    plan = json.loads(run(capsys, "recover", str(tmp_path), "--json")[1])
+    found = json.loads(run(capsys, "inspect", str(tmp_path), "--json")[1])
+    assert found["pending_repairs"] == len(plan["actions"]) == 2

@@ -119,8 +119,8 @@ def _checkpoint(args: argparse.Namespace) -> int:
     if bool(args.workflows) == args.all:
         raise _Usage("name the workflows to checkpoint, or give --all (not both)")
     with _open(args) as store:
-        ids = store.list_workflows() if args.all else args.workflows
-        known = set(store.list_workflows())
+        known = store.list_workflows()
+        ids = known if args.all else args.workflows
         unknown = [w for w in ids if w not in known]
         if unknown:
             raise _Usage(f"no such workflow: {', '.join(unknown)}")

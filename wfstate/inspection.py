@@ -16,6 +16,7 @@ from wfstate.errors import CorruptionError, NotFoundError
 from wfstate.format import WAL_DIR, parse_segment_name
 from wfstate.offline import DEFAULT_LOCK_TIMEOUT, open_read_only
 from wfstate.progress import Progress, quiet
+from wfstate.repairfs import folded_writes
 from wfstate.sessions import SessionInfo
 
 __all__ = ["Inspection", "LogSegment", "WorkflowSummary", "inspect_store"]
@@ -105,7 +106,7 @@ def inspect_store(
             sessions=tuple(store.sessions()),
             checkpoints=tuple(checkpoints),
             segments=tuple(segments),
-            pending_repairs=len(offline.fs.actions),
+            pending_repairs=len(folded_writes(offline.fs.actions)),
         )
     finally:
         store.close()

@@ -60,6 +60,7 @@ __all__ = [
     "RecoveryPlan",
     "WorkflowRecovery",
     "apply_recovery",
+    "load_workflows",
     "plan_recovery",
 ]
 
@@ -224,7 +225,7 @@ def _carry_out(
     bad_checkpoints = [_fallback(store, c) for c in bad]
     if bad:
         store.retain(_DROP_BAD_ONLY)
-    workflows = _load_all(store, progress)
+    workflows = load_workflows(store, progress)
     crashed = store.detect_crashed_sessions()
     orphans = store.compact(dry_run=True).orphans_deleted
     actions = folded_writes(fs.actions)
@@ -265,7 +266,9 @@ def _fallback(store: LocalStore, check: CheckpointCheck) -> BadCheckpoint:
     )
 
 
-def _load_all(store: LocalStore, progress: Progress) -> list[WorkflowRecovery]:
+def load_workflows(store: LocalStore, progress: Progress = quiet) -> list[WorkflowRecovery]:
+    """Build every workflow of ``store``: which load, and why the others do not (a
+    ``CorruptionError``: no readable checkpoint and log rebuild it)."""
     ids = store.list_workflows()
     found = []
     for workflow_id in progress(ids, label="loading workflows", total=len(ids)):

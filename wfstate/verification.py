@@ -34,6 +34,7 @@ from wfstate.format import (
 from wfstate.fs import FileSystem
 from wfstate.offline import DEFAULT_LOCK_TIMEOUT, open_read_only, relative_damage
 from wfstate.progress import Progress, quiet
+from wfstate.recoveryplan import load_workflows
 from wfstate.repairfs import RepairAction, folded_writes
 from wfstate.sessions import decode_session_file
 from wfstate.wal import LogDamage
@@ -106,13 +107,12 @@ def verify_store(
                 for c in checks
                 if not c.ok or c.matches_log is False
             ]
-        ids = store.list_workflows()
-        workflow_problems = []
-        for workflow_id in progress(ids, label="workflows", total=len(ids)):
-            try:
-                store.load(workflow_id)
-            except CorruptionError as exc:
-                workflow_problems.append(FileProblem(path=workflow_id, problem=str(exc)))
+        loaded = load_workflows(store, progress)
+        workflow_problems = [
+            FileProblem(path=w.workflow_id, problem=w.problem or "")
+            for w in loaded
+            if not w.recoverable
+        ]
         state_files = _names(offline.fs, root, WORKFLOWS_DIR, WORKFLOW_STATE_SUFFIX)
         file_problems = []
         for name in progress(state_files, label="state files", total=len(state_files)):
@@ -139,7 +139,7 @@ def verify_store(
     return VerifyReport(
         store=root, status=status, log_damage=damage, open_refused=None,
         pending_repairs=pending, checkpoints_checked=len(infos),
-        checkpoint_problems=tuple(checkpoint_problems), workflows_checked=len(ids),
+        checkpoint_problems=tuple(checkpoint_problems), workflows_checked=len(loaded),
         workflow_problems=tuple(workflow_problems), state_files_checked=len(state_files),
         session_files_checked=len(session_files), file_problems=tuple(file_problems),
     )  # fmt: skip
