@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from wfstate.errors import ValidationError
@@ -21,6 +23,7 @@ from wfstate.model import (
     WorkflowContext,
     WorkflowState,
     WorkflowStep,
+    _is_json_like,
     compute_progress,
     decode_state,
     encode_state,
@@ -570,3 +573,63 @@ def test_progress_counts_completed_and_skipped_steps(
 ) -> None:
     steps = tuple(WorkflowStep(id=f"s{i}", name="n", status=s) for i, s in enumerate(statuses))
     assert compute_progress(steps) == expected
+
+
+class _Text(str):
+    pass
+
+
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),  # nan and inf included: not JSON-like
+    st.text(max_size=3),
+    st.builds(_Text, st.text(max_size=3)),  # a subclass: JSON-like, off the fast path
+    st.binary(max_size=2),
+    st.tuples(st.integers()),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=2) | st.integers(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _json_like_by_definition(value: object) -> bool:
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_like_by_definition(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_like_by_definition(v) for v in value)
+    return False
+
+
+@given(_VALUES)
+@example({"a": [1, {"b": math.nan}]})
+@example([0.5, -math.inf])
+@example({"a": {1: "x"}})
+@example([[b"x"]])
+@example({"a": (1,)})
+def test_validate_json_accepts_exactly_the_json_like_values(value: object) -> None:
+    """The exact-type fast path (``_is_json_like``) never accepts what the definition refuses,
+    and what it refuses still goes through the full check, which alone decides."""
+    expected = _json_like_by_definition(value)
+    if _is_json_like(value):
+        assert expected
+    if expected:
+        validate_json(value, "d")
+    else:
+        with pytest.raises(ValidationError):
+            validate_json(value, "d")
+
+
+def test_validate_json_accepts_subclasses_of_the_json_types() -> None:
+    assert not _is_json_like({"a": _Text("x")})  # off the fast path ...
+    validate_json({"a": [_Text("x")]}, "d")  # ... and accepted by the full check

@@ -315,24 +315,40 @@ def validate_json(value: object, field: str) -> None:
 
 
 def _is_json_like(value: object) -> bool:
-    """Whether :func:`validate_json` would accept ``value`` (no paths kept)."""
+    """Whether ``value`` is JSON-like built of the exact types ``dict``, ``list``, ``str``,
+    ``int``, ``bool``, ``float`` and None (no paths kept).
+
+    True implies :func:`validate_json` accepts ``value``; False only sends it to the full
+    check (which also accepts subclasses of those types). Exact ``type`` tests and only
+    containers on the stack: this runs over every output of a state on each save.
+    """
+    isfinite = math.isfinite
     stack = [value]
+    push = stack.append
     while stack:
         item = stack.pop()
-        if item is None or isinstance(item, str | bool | int):
-            continue
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return False
-        elif isinstance(item, dict):
-            for key in item:
-                if not isinstance(key, str):
+        kind = type(item)
+        children: Iterable[object]
+        if kind is dict:
+            for key in item:  # type: ignore[attr-defined]
+                if type(key) is not str:
                     return False
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+            children = item.values()  # type: ignore[attr-defined]
+        elif kind is list:
+            children = item  # type: ignore[assignment]
         else:
-            return False
+            children = (item,)
+        for child in children:
+            kind = type(child)
+            if kind is str or kind is int or kind is bool or child is None:
+                continue
+            if kind is float:
+                if not isfinite(child):  # type: ignore[arg-type]
+                    return False
+            elif kind is dict or kind is list:
+                push(child)
+            else:
+                return False
     return True
 
 
