@@ -59,6 +59,7 @@ def big_store(tmp_path_factory: pytest.TempPathFactory) -> BigStore:
     root = tmp_path_factory.mktemp("big_store")
     big = build_big_store(str(root))
     report.RESULTS.big_store_label = big.label()
+    report.RESULTS.big_store_shape = (big.workflows, big.per_workflow)
     report.RESULTS.data_dir = str(root)
     return big
 
