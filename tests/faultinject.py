@@ -14,30 +14,30 @@ what the store does *after* a failure is seen as well.
 What the store does on a failure, as measured here and checked by :func:`check_run` and
 :func:`reaction_problems` (:func:`expected_reaction` names the error per call and path):
 
-* **A failed fsync/fdatasync is never acknowledged**: the call during which it failed raises.
-  No file is synced again after a failed sync of it (never retried). A directory may be synced
-  again after a failed sync of it, for entries made later (a later checkpoint or transaction);
-  the failed sync's entries stay pending forever in the simulator, and the crash states show
-  nothing acknowledged relies on them.
-* **Opening** surfaces the file system's ``OSError`` (creating the directories, the first
-  segment, its syncs): nothing was acknowledged, the caller may open again.
+* **Every error is in the tree** (DESIGN.md §9): no call raises a bare ``OSError``; the file
+  system's errors come as ``StorageIOError`` (a ``WfstateError`` and an ``OSError``) or as the
+  cause of another ``WfstateError``.
+* **A failed fsync/fdatasync/directory sync is fatal** (DESIGN.md §3): the call during which
+  it failed raises ``StorePoisonedError`` (outside opening), so does every later call, and no
+  file or directory is synced again after a failed sync of it (never retried).
+* **Opening** raises ``StorageIOError`` for any I/O failure (creating the directories, the
+  first segment, its syncs): nothing was acknowledged, the caller may open again.
 * **The log's own I/O** (a segment's write, fdatasync, creation, the ``wal/`` directory sync,
   ``START`` and the deletion of discarded segments): the log is *poisoned*. The failing call
   raises ``StorePoisonedError`` (a ``WfstateError``, chained to the ``OSError``) and so does
   every later call that writes.
 * **Preparing files before a commit point** is the vote that may fail (DESIGN.md §7): the temp
   files are removed, the call raises, the store goes on (the next call is acknowledged). A
-  two-phase commit's prepare (its participants' create, write, fsync, and the directories'
-  sync) raises ``TransactionError``. A checkpoint file (of ``checkpoint``, a retention's fold,
-  a compaction) raises the plain ``OSError``, in its prepare and also in its install (the
-  rename and the ``checkpoints/`` sync before its ``CHECKPOINT`` record: a file no record
-  names is an orphan the next compaction deletes). The data behind such a failed sync is never
-  referenced, so the store does not stop: this is the one place where an fsync error does not
-  poison, unlike the letter of DESIGN.md §3.
+  two-phase commit's prepare (its participants' create or write) raises ``TransactionError``;
+  a checkpoint file (of ``checkpoint``, a retention's fold, a compaction) raises
+  ``StorageIOError``, in its prepare (create, write) and in its install (the rename before its
+  ``CHECKPOINT`` record: a file no record names is an orphan the next compaction deletes).
+  Their *syncs* poison, as every sync does.
 * **Finishing a decided two-phase commit** (its renames and directory syncs): the store is
   poisoned (``StorePoisonedError``); the next open rolls the transaction forward.
-* **Deleting** dropped checkpoint files after the drop is durable (unlink, directory sync): the
-  retention raises ``OSError`` and the store goes on; the files left are orphans.
+* **Deleting** dropped checkpoint files after the drop is durable: a failed unlink raises
+  ``StorageIOError`` and the store goes on (the files left are orphans); a failed directory
+  sync poisons.
 
 Recovery is checked on every crash state at the moment the first fault fired (the simulator
 keeps the writes a failed sync covered pending forever, so they may be missing there and in
@@ -72,6 +72,7 @@ from wfstate.checkpointindex import CheckpointInfo
 from wfstate.checkpointpolicy import MANUAL_ONLY
 from wfstate.errors import (
     CorruptionError,
+    StorageIOError,
     StorePoisonedError,
     TransactionError,
     WfstateError,
@@ -97,10 +98,6 @@ nothing: only repairing a torn log tail at open does)."""
 
 SYNC_KINDS: frozenset[FaultOp] = frozenset({"fsync", "fdatasync", "fsync_dir"})
 
-OSERROR_STEPS = frozenset({"open", "checkpoint", "retain", "compact"})
-"""The calls of the workload that may raise the file system's ``OSError`` itself (module
-docstring); every other failure is a ``WfstateError``."""
-
 
 # -- the file system ----------------------------------------------------------------------------
 
@@ -119,9 +116,9 @@ class FaultRecordingFS(SimFileSystem):
     """A :class:`SimFileSystem` that counts the calls of each kind, notes every call its faults
     made fail (and during which call of the workload), every fsync/fdatasync of a file after a
     failed sync of that file (a *retry*, which DESIGN.md §3 forbids: it could report the lost
-    pages durable), and every directory synced again after a failed sync of it (for new
-    entries; the failed sync's entries stay pending forever in the simulator, so the crash
-    states show whether anything relied on them)."""
+    pages durable), and every directory synced again after a failed sync of it (the same
+    retry for a directory: a later sync reporting success could cover entries the failed one
+    lost, also those made meanwhile for another call)."""
 
     def __init__(self, faults: Sequence[Fault] = ()) -> None:
         super().__init__(faults=faults)
@@ -424,20 +421,34 @@ def run_workload(fs: FaultRecordingFS, rounds: int = SMALL) -> Run:
 # -- checking ------------------------------------------------------------------------------------
 
 
-REACTIONS = ("StorePoisonedError", "TransactionError", "OSError")
+REACTIONS = ("StorePoisonedError", "TransactionError", "StorageIOError")
 """What the call during which a fault fired raises (module docstring), in report order."""
 
 
+def reaction_name(error: BaseException | None) -> str:
+    """The name under which :data:`REACTIONS` counts ``error`` ("" for none): its class name,
+    a ``StorageIOError`` subclass (``SyncFailedError``, only ever raised by opening) counted as
+    ``StorageIOError``."""
+    if error is None:
+        return ""
+    if isinstance(error, StorageIOError):
+        return StorageIOError.__name__
+    return type(error).__name__
+
+
 def expected_reaction(run: Run, fired: Fired) -> str:
-    """The error the call during which ``fired`` happened must raise: ``OSError`` when opening;
-    ``StorePoisonedError`` for the log's files and directory, and for a two-phase commit
-    decided before the failure (its ``TXN`` record synced: the failure is in its finish);
-    ``TransactionError`` for a two-phase commit failing in its prepare; ``OSError`` for a
-    checkpoint file (prepare, install) and for deleting files."""
+    """The error the call during which ``fired`` happened must raise: ``StorageIOError`` when
+    opening; ``StorePoisonedError`` for any sync, for the log's files and directory, and for a
+    two-phase commit decided before the failure (its ``TXN`` record synced: the failure is in
+    its finish); ``TransactionError`` for a two-phase commit failing in its prepare;
+    ``StorageIOError`` for creating, writing or renaming a checkpoint file and for deleting
+    files."""
     kind = fired.step.split(" ")[0]
     wal = os.path.join(CK_STORE, WAL_DIR)
     if kind == "open":
-        return "OSError"
+        return "StorageIOError"
+    if fired.kind in SYNC_KINDS:
+        return "StorePoisonedError"
     if fired.path == wal or fired.path.startswith(wal + "/"):
         return "StorePoisonedError"
     if kind in ("end_session", "write_state_files"):
@@ -447,12 +458,12 @@ def expected_reaction(run: Run, fired: Fired) -> str:
             for op in run.fs.trace[step.started : fired.at]
         )
         return "StorePoisonedError" if decided else "TransactionError"
-    return "OSError"
+    return "StorageIOError"
 
 
 def reaction_problems(run: Run, fault: Fault) -> list[str]:
     """How the store reacted to the first failure, against :func:`expected_reaction`: the call
-    raised exactly that (an ``OSError`` that is no ``WfstateError``); after a
+    raised exactly that (by :func:`reaction_name`); after a
     ``StorePoisonedError`` every later call but ``close`` raises ``StorePoisonedError``; after
     any other error, with a fault that fails once, every later call is acknowledged (the store
     really goes on)."""
@@ -463,9 +474,9 @@ def reaction_problems(run: Run, fault: Fault) -> list[str]:
     k = next(i for i, s in enumerate(run.steps) if s.name == fired.step)
     step = run.steps[k]
     error = step.error
-    got = "" if error is None else type(error).__name__
-    if isinstance(error, WfstateError) and got != expected:
-        got = f"{got} (a WfstateError)"
+    got = reaction_name(error)
+    if error is not None and not isinstance(error, WfstateError):
+        got = f"{got} (not a WfstateError)"
     if got != expected:
         return [f"{fault.op} of {fired.path} in {step.name}: raised {got or 'nothing'}, "
                 f"expected {expected}"]  # fmt: skip
@@ -499,14 +510,16 @@ def check_run(run: Run, fault: Fault) -> Injection:
     """Every check of one run with ``fault`` (module docstring)."""
     fs = run.fs
     problems = reaction_problems(run, fault) + [f"retry: {r}" for r in fs.retries]
+    problems += [f"retry: directory {d} synced again after a failed sync of it"
+                 for d in sorted(fs.dirs_synced_again)]  # fmt: skip
     acks_after = 0
     for s in run.steps:
         if s.acked and any(f.step == s.name and f.kind in SYNC_KINDS for f in fs.fired):
             acks_after += 1
             problems.append(f"{s.name} returned normally although a sync failed during it")
-        allowed = isinstance(s.error, OSError) and s.name.split(" ")[0] in OSERROR_STEPS
-        if s.error is not None and not isinstance(s.error, WfstateError) and not allowed:
-            problems.append(f"{s.name} raised {type(s.error).__name__}: {s.error}")
+        if s.error is not None and not isinstance(s.error, WfstateError):
+            problems.append(f"{s.name} raised {type(s.error).__name__}, not a WfstateError: "
+                            f"{s.error}")  # fmt: skip
     poisoned = next(
         (k for k, s in enumerate(run.steps) if isinstance(s.error, StorePoisonedError)), None
     )
@@ -530,7 +543,7 @@ def check_run(run: Run, fault: Fault) -> Injection:
     reaction = ""
     if fs.fired:
         first = next(s for s in run.steps if s.name == fs.fired[0].step)
-        reaction = "" if first.error is None else type(first.error).__name__
+        reaction = reaction_name(first.error)
     return Injection(fault, run, problems + recovery, states, reaction, acks_after, failed, lost)
 
 
@@ -885,8 +898,9 @@ def enospc_log_append(disk: Path) -> EnospcOutcome:
 
 
 def enospc_checkpoint(disk: Path) -> EnospcOutcome:
-    """A checkpoint of a 150 KiB state with 48 KiB free: the checkpoint raises ``OSError``
-    (ENOSPC), its temp file is removed, and the store goes on taking batches."""
+    """A checkpoint of a 150 KiB state with 48 KiB free: the checkpoint raises
+    ``StorageIOError`` (ENOSPC, before any sync: not fatal), its temp file is removed, and the
+    store goes on taking batches."""
     out = EnospcOutcome("a checkpoint's file")
     path = str(disk / "store-checkpoint")
     with _open_real(path) as store:
@@ -897,7 +911,7 @@ def enospc_checkpoint(disk: Path) -> EnospcOutcome:
             out.problems.append("the checkpoint fitted: the scenario does not fill the disk")
         except Exception as exc:
             out.error = f"{type(exc).__name__}{' (ENOSPC)' if _is_enospc(exc) else ''}"
-            if not isinstance(exc, OSError) or not _is_enospc(exc):
+            if not isinstance(exc, StorageIOError) or not _is_enospc(exc):
                 out.problems.append(f"the full disk raised {exc!r}")
         out.problems += _goes_on(store, out, path)
     _after_freeing(out, path, filler, [0, 1])
@@ -983,18 +997,18 @@ def reliability_section() -> str:
         "ran once per kind of call and N with the N-th call failing once, and again with it "
         "and every later one failing. Each run checks that the call during which a sync failed "
         "raised, that it raised what the store's contract names (`StorePoisonedError` for the "
-        "log and a decided transaction's finish, after which every write is refused; "
-        "`TransactionError` for a transaction's prepare and the file system's `OSError` for a "
-        "checkpoint file, a deletion or an open, after which the store goes on), that no file "
+        "log, any failed sync and a decided transaction's finish, after which every call is "
+        "refused; `TransactionError` for a transaction's prepare and `StorageIOError` for "
+        "writing or renaming a checkpoint file, a deletion or an open, after which the store "
+        "goes on), that nothing raised an error outside the `WfstateError` tree, that no file "
         "was synced again after a failed sync of it, and that every crash state at the failure "
         "and the disk as left reopen with every acknowledged batch, checkpoint, drop, session "
         f"event, state file and compaction ({report.seconds:.0f} s).",
         "",
         injection_table(report),
         "",
-        f"Runs in which a directory was synced again after a failed sync of it (for entries "
-        f"made later; what the failed sync covered stays unsynced in the simulator): "
-        f"{report.dirs_synced_again}.",
+        f"Runs in which a directory was synced again after a failed sync of it (a retry, "
+        f"counted among the problems): {report.dirs_synced_again}.",
         "",
     ]
     problems = [f"error injection: {p}" for p in report.problems]

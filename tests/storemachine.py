@@ -14,20 +14,22 @@ What is checked:
   sessions); a store expected to be poisoned refuses a write with ``StorePoisonedError`` and
   touches no file doing so.
 * **Every operation** returns, or raises an error of the ``WfstateError`` tree (a bare
-  ``OSError`` is a violation). What it raises decides what the model assumes:
+  ``OSError`` is a violation: the file system's errors come as ``StorageIOError``). What it
+  raises decides what the model assumes:
   ``StorePoisonedError`` means *in flight* (the operation may or may not have happened: it is
   kept as an unacknowledged last entry, and the store must then refuse every write and never
   sync again); any other error means *nothing happened* (the entry is not kept, so a crash
   state showing it is a violation). A raised error must follow an injected failure.
-* **Fault kinds**, as the store handles them (and the machine requires): a failed write,
-  fdatasync, fsync, directory fsync or rename of the log (an append, a segment rotation,
-  ``START``) poisons the store; so does a failed rename or directory fsync while finishing a
-  decided transaction. A failure while preparing a checkpoint or a transaction file (its
-  temp file's write, fsync, directory fsync, or a checkpoint's rename into place) changes
-  nothing and the store goes on: the file is never named by the log, and is deleted. After a
-  failed fsync/fdatasync the store never syncs or writes that file again (never retried:
-  after fsyncgate nothing written to it can be trusted); an automatic checkpoint failing
-  inside a commit leaves the commit acknowledged.
+* **Fault kinds**, as the store handles them (and the machine requires): a failed write or
+  rename of the log (an append, a segment rotation, ``START``) poisons the store; so does a
+  failed rename while finishing a decided transaction, and **every failed sync** (fsync,
+  fdatasync or directory fsync, of any file: DESIGN.md §3), whether or not the operation
+  raised (an automatic checkpoint failing inside a commit leaves the commit acknowledged and
+  the store poisoned). A failed write or rename while preparing a checkpoint or a
+  transaction file (its temp file, a checkpoint's rename into place) changes nothing and the
+  store goes on: the file is never named by the log, and is deleted. After a failed sync the
+  store never syncs or writes that file again, nor syncs that directory again (never
+  retried: after fsyncgate nothing written to it can be trusted).
 * **A crash** (one crash state of the current trace, at a drawn point, of a drawn kind) is
   recovered by opening a new store on it. Its snapshot must equal the model after a prefix of
   the operations that includes every one acknowledged at that point (and at most those that
@@ -109,15 +111,10 @@ POLICY: Final = CheckpointPolicy(
 incremental up to three links deep (compaction and retention stay manual: the model counts
 what they drop from the operation that asked)."""
 
-BARE_OSERROR_KINDS: Final = frozenset({"checkpoint", "retain", "compact"})
-"""Operations that, as the store stands, raise the file system's own ``OSError`` (not a
-``WfstateError``, against DESIGN.md §9) when writing, syncing, renaming or deleting a
-checkpoint file fails: the checkpoint (or fold) is not committed, or the drop is already
-durable and only the deletion failed; the store goes on. Accepted here only for those
-operations and only for failures outside the log (the h2 report names it)."""
-
 FAULT_OPS: Final[tuple[FaultOp, ...]] = ("write", "fsync", "fdatasync", "fsync_dir", "replace")
 SYNC_OPS: Final = frozenset({"fsync", "fdatasync"})
+FATAL_OPS: Final = SYNC_OPS | {"fsync_dir"}
+"""A failure of any of these poisons the store, wherever it happens (DESIGN.md §3)."""
 OUTPUT_SIZES: Final = (20, 700, 2600)
 
 FIGURE_ORDER: Final = (
@@ -154,8 +151,8 @@ class WatchedFS:
     injected into the simulator, whose failed syncs leave writes never durable).
 
     ``failures``: ``(op, path)`` of every call that failed with the injected ``EIO``.
-    ``violations``: a sync or write of a file after a sync of it failed (the store must never
-    retry one).
+    ``violations``: a sync or write of a file, or a sync of a directory, after a sync of it
+    failed (the store must never retry one).
     ``drop_fdatasync``: a deliberately broken disk whose fdatasync returns without syncing.
     """
 
@@ -167,6 +164,7 @@ class WatchedFS:
         self.segments_created = 0
         self._paths: dict[int, str] = {}
         self._sync_failed: set[str] = set()
+        self._dir_sync_failed: set[str] = set()
 
     def _call(self, op: str, path: str, call: Callable[[], T]) -> T:
         try:
@@ -177,6 +175,8 @@ class WatchedFS:
             self.failures.append((op, path))
             if op in SYNC_OPS:
                 self._sync_failed.add(path)
+            if op == "fsync_dir":
+                self._dir_sync_failed.add(os.path.normpath(path))
             raise
 
     def _check_not_failed(self, op: str, fd: int) -> str:
@@ -254,6 +254,8 @@ class WatchedFS:
         self._call("unlink", path, lambda: self.sim.unlink(path))
 
     def fsync_dir(self, path: str) -> None:
+        if os.path.normpath(path) in self._dir_sync_failed:
+            self.violations.append(f"fsync_dir of {path} after a failed sync of it")
         self._call("fsync_dir", path, lambda: self.sim.fsync_dir(path))
 
     # locks (in-memory state of a running machine)
@@ -592,19 +594,16 @@ class StoreMachine(RuleBasedStateMachine):
                 self._poison()
                 self.figures.add("operations in flight when the store stopped")
                 return "in flight", None
+            if any(op in FATAL_OPS for op, _path in failures):
+                raise Violation(
+                    f"{kind} hit a failed sync and raised {exc!r}, not poisoned"
+                ) from exc
             self.figures.add(f"{kind} failed: {type(exc).__name__}")
             self.figures.add("operations failed (nothing happened)")
             self._check_poisoning(failures, kind)
             return "nothing", None
         except OSError as exc:
-            failures = self._new_failures()
-            if was_poisoned or kind not in BARE_OSERROR_KINDS or not failures:
-                raise Violation(f"{kind} raised a bare {exc!r}, not a WfstateError") from exc
-            if any(is_log_path(path) for _op, path in failures):
-                raise Violation(f"{kind} raised a bare {exc!r} for a failure of the log") from exc
-            self.figures.add(f"{kind} failed: bare OSError (checkpoint files)")
-            self.figures.add("operations failed (nothing happened)")
-            return "nothing", None
+            raise Violation(f"{kind} raised a bare {exc!r}, not a WfstateError") from exc
         failures = self._new_failures()
         if was_poisoned:
             raise Violation(f"a poisoned store acknowledged {kind}")
@@ -614,9 +613,10 @@ class StoreMachine(RuleBasedStateMachine):
         return "ok", result
 
     def _check_poisoning(self, failures: list[tuple[str, str]], kind: str) -> None:
-        """A failure in the log poisons the store even when the call did not raise (an
-        automatic checkpoint's record after its commit returned)."""
-        if any(is_log_path(path) for _op, path in failures):
+        """A failure in the log, and a failed sync anywhere, poisons the store even when the
+        call did not raise (an automatic checkpoint's record or file after its commit
+        returned)."""
+        if any(is_log_path(path) or op in FATAL_OPS for op, path in failures):
             self._poison()
 
     def _poison(self) -> None:

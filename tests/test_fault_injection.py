@@ -3,14 +3,16 @@
 The store workload of :mod:`tests.faultinject` (batches, a session and its end, full and
 incremental checkpoints, ``write_state_files``, a retention that folds and drops, a compaction
 rotating and discarding segments) runs once per kind of call and N, with the N-th call of that
-kind failing once, and again with it and every later one failing. In each run: the call during
-which a sync failed raises; the error is the one :func:`tests.faultinject.expected_reaction`
-names (``StorePoisonedError`` for the log and a decided transaction's finish, after which every
-write is refused; ``TransactionError`` for a transaction's prepare and ``OSError`` for a
-checkpoint file or a deletion, after which the store goes on); no file is synced again after a
-failed sync of it; and every crash state at the failure, and the disk as left, reopens with
-every acknowledged batch, checkpoint, drop, session event, state file and compaction there.
-The tests at the end show that each check fires on a store that breaks its rule.
+kind failing once, and again with it and every later one failing. In each run: nothing raises
+an error outside the ``WfstateError`` tree; the call during which a sync failed raises; the
+error is the one :func:`tests.faultinject.expected_reaction` names (``StorePoisonedError`` for
+any failed sync, the log and a decided transaction's finish, after which every call is
+refused; ``TransactionError`` for a transaction's prepare and ``StorageIOError`` for writing
+or renaming a checkpoint file, a deletion or an open, after which the store goes on); no file
+or directory is synced again after a failed sync of it; and every crash state at the failure,
+and the disk as left, reopens with every acknowledged batch, checkpoint, drop, session event,
+state file and compaction there. The tests at the end show that each check fires on a store
+that breaks its rule.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tests.faultinject import (
     run_workload,
 )
 from tests.simfs import Fault, FaultOp
-from wfstate.errors import StorePoisonedError, TransactionError
+from wfstate.errors import StorageIOError, StorePoisonedError, TransactionError
 
 
 def test_the_workload_makes_the_same_calls_every_run_and_uses_every_feature() -> None:
@@ -104,9 +106,29 @@ def test_a_sync_retried_after_it_failed_is_caught() -> None:
     assert fs.retries == ["/d/f synced again after a failed sync of it"]
 
 
+def test_a_directory_synced_again_after_a_failed_sync_of_it_is_caught() -> None:
+    fs = FaultRecordingFS([Fault("fsync_dir", 1)])
+    fs.mkdir("/d")
+    with pytest.raises(OSError):
+        fs.fsync_dir("/d")
+    fs.create_exclusive("/d/f")
+    fs.fsync_dir("/d")
+    assert fs.dirs_synced_again == {"/d"}
+    injection = next(
+        inj
+        for n in range(1, 40)
+        if (inj := inject(Fault("fsync_dir", n))).reaction == StorePoisonedError.__name__
+    )
+    assert not injection.problems
+    injection.run.fs.dirs_synced_again.add("/d")
+    problems = check_run(injection.run, injection.fault).problems
+    assert "retry: directory /d synced again after a failed sync of it" in problems
+
+
 def test_a_wrong_reaction_to_a_failure_is_caught() -> None:
     """A poisoning failure answered with a bare OSError, a call acknowledged after the store
-    was poisoned, and a store that does not go on after a failed prepare are each reported."""
+    was poisoned, a store that does not go on after a failed prepare, and a checkpoint file's
+    failed write surfacing as a bare OSError are each reported."""
     poisoning = inject(Fault("fdatasync", 5))
     assert poisoning.reaction == "StorePoisonedError" and not poisoning.problems
     steps = poisoning.run.steps
@@ -129,6 +151,21 @@ def test_a_wrong_reaction_to_a_failure_is_caught() -> None:
     stopped = dataclasses.replace(steps[k + 1], error=StorePoisonedError("stopped"))
     run = dataclasses.replace(prepare.run, steps=[*steps[: k + 1], stopped, *steps[k + 2 :]])
     assert "the store goes on from" in reaction_problems(run, prepare.fault)[0]
+
+    checkpoint = next(
+        inj
+        for n in range(1, 40)
+        if (inj := inject(Fault("write", n))).run.fs.fired[0].step.startswith("checkpoint")
+    )
+    assert checkpoint.reaction == StorageIOError.__name__ and not checkpoint.problems
+    steps = checkpoint.run.steps
+    k = next(i for i, s in enumerate(steps) if s.name == checkpoint.run.fs.fired[0].step)
+    bare = dataclasses.replace(steps[k], error=OSError(5, "EIO"))
+    run = dataclasses.replace(checkpoint.run, steps=[*steps[:k], bare, *steps[k + 1 :]])
+    assert (
+        "raised OSError (not a WfstateError), expected StorageIOError"
+        in (reaction_problems(run, checkpoint.fault)[0])
+    )
 
 
 @pytest.mark.slow

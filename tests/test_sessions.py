@@ -338,7 +338,7 @@ def test_end_refused_under_the_lock_abandons_its_temp_files(
         taken[0].close()
 
 
-@pytest.mark.parametrize(("op", "nth"), [("create", 2), ("write", 3), ("fsync_dir", 1)])
+@pytest.mark.parametrize(("op", "nth"), [("create", 2), ("write", 3)])
 def test_a_failed_prepare_of_the_end_changes_nothing(op: str, nth: int) -> None:
     fs = SimFileSystem()
     with open_store(SIM, fs) as store:
@@ -352,6 +352,29 @@ def test_a_failed_prepare_of_the_end_changes_nothing(op: str, nth: int) -> None:
         assert store.sessions()[0].status == "active" and not session.closed
         store.commit(done("w", 0), session=session)  # still the owner
         session.end()
+        assert store.sessions()[0].status == "ended"
+
+
+def test_a_failed_directory_sync_while_preparing_the_end_poisons_and_changes_nothing() -> None:
+    """A failed sync is fatal (DESIGN.md §3), also of a temp file's directory: the end
+    raises ``StorePoisonedError``, its temp files are gone, and a reopened store still has
+    the session active, to resume and end."""
+    fs = SimFileSystem()
+    with open_store(SIM, fs) as store:
+        session = store.start_session("alice")
+        store.commit(create("w"), session=session)
+        before = files(SIM, fs)
+        fs.inject("fsync_dir", 1)
+        with pytest.raises(StorePoisonedError) as caught:
+            store.end_session(session)
+        assert isinstance(caught.value.__cause__, TransactionError)
+        assert files(SIM, fs) == before
+        with pytest.raises(StorePoisonedError):
+            store.commit(done("w", 0), session=session)
+    with open_store(SIM, fs) as store:
+        assert store.sessions()[0].status == "active" and store.checkpoints() == []
+        resumed = store.resume_session(session.id)
+        resumed.end()
         assert store.sessions()[0].status == "ended"
 
 

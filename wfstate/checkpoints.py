@@ -13,6 +13,15 @@ payload checksums, that the file is the one its index entry names (the entry's c
 the file's header checksum), that an incremental's parents are all in the index and read, and
 that the state produced has the checksum recorded at creation. Any failure is a
 ``CorruptionError`` naming the file; the caller falls back to an older checkpoint (§9.7).
+
+I/O failures are :class:`~wfstate.errors.StorageIOError` naming the call and the file (never
+a bare ``OSError``), raised from the file system's error. A failed fsync (of a temp file, or
+of the directory after a rename or deletions) is its subclass
+:class:`~wfstate.errors.SyncFailedError`: the caller must stop acknowledging (DESIGN.md §3;
+the store poisons itself), since what the sync covered, and other entries made in the
+directory meanwhile, may be lost while a later sync reports success. A failed create or write
+(a full disk) before any sync is not fatal: the temp file is removed (or, if even that
+fails, left as an orphan for the next compaction), no index names it, and the store goes on.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import NamedTuple
 from wfstate.checkpointfile import decode_checkpoint, encode_checkpoint, read_header, yielded_state
 from wfstate.checkpointindex import CheckpointIndex, CheckpointInfo
 from wfstate.delta import compute_delta
-from wfstate.errors import CorruptionError, SchemaVersionError
+from wfstate.errors import CorruptionError, SchemaVersionError, storage_io
 from wfstate.format import CHECKPOINT_SUFFIX, checkpoint_file_name
 from wfstate.fs import FileSystem, temp_name
 from wfstate.model import WorkflowState, state_checksum
@@ -66,7 +75,9 @@ class CheckpointFiles:
     ) -> Prepared:
         """Write the checkpoint ``template`` describes (its ``size``, ``checksum`` and ``file``
         are filled in here) holding ``state``: incremental from ``parent`` (its entry and the
-        state it yields) when given, else full. Raises ``OSError`` (nothing is left behind)."""
+        state it yields) when given, else full. Raises ``StorageIOError`` for a failed create,
+        write or close, ``SyncFailedError`` for a failed fsync (the caller stops); the temp
+        file is removed either way (best effort: one left is an orphan)."""
         file = checkpoint_file_name(template.id, folded=folded)
         data = encode_checkpoint(
             checkpoint_id=template.id,
@@ -98,12 +109,19 @@ class CheckpointFiles:
             created=template.created,
         )
         temp = temp_name(os.path.join(self.directory, file))
-        fd = self._fs.create_exclusive(temp)
+        with storage_io("create", temp):
+            fd = self._fs.create_exclusive(temp)
         try:
             try:
-                self._fs.write(fd, data)
-                self._fs.fsync(fd)
-            finally:
+                with storage_io("write", temp):
+                    self._fs.write(fd, data)
+                with storage_io("fsync", temp):
+                    self._fs.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the first failure is the one raised
+                    self._fs.close(fd)
+                raise
+            with storage_io("close", temp):
                 self._fs.close(fd)
         except BaseException:
             self._remove_quietly(temp)
@@ -112,9 +130,14 @@ class CheckpointFiles:
 
     def install(self, prepared: Prepared) -> None:
         """Rename the prepared file into place and make that durable. Call holding the
-        writers' lock, and append the ``CHECKPOINT`` record right after."""
-        self._fs.replace(prepared.temp, self.path(prepared.info))
-        self._fs.fsync_dir(self.directory)
+        writers' lock, and append the ``CHECKPOINT`` record right after. ``StorageIOError``
+        for a failed rename (the temp file stays, for :meth:`abandon`), ``SyncFailedError``
+        for a failed directory sync (the rename may or may not last: the file is an orphan
+        until a record names it; the caller stops)."""
+        with storage_io("rename", prepared.temp):
+            self._fs.replace(prepared.temp, self.path(prepared.info))
+        with storage_io("fsync_dir", self.directory):
+            self._fs.fsync_dir(self.directory)
 
     def abandon(self, prepared: Prepared) -> None:
         """Remove a prepared file that will not be committed."""
@@ -130,10 +153,11 @@ class CheckpointFiles:
         state: WorkflowState | None = None
         for link in chain:
             path = self.path(link)
-            try:
-                data = self._fs.read_file(path)
-            except FileNotFoundError as exc:
-                raise CorruptionError(path, 0, f"checkpoint {link.id}: file missing") from exc
+            with storage_io("read", path):
+                try:
+                    data = self._fs.read_file(path)
+                except FileNotFoundError as exc:
+                    raise CorruptionError(path, 0, f"checkpoint {link.id}: file missing") from exc
             try:
                 decoded = decode_checkpoint(data, path, epoch=self._epoch)
             except SchemaVersionError as exc:  # intact, but not readable by this version
@@ -146,16 +170,21 @@ class CheckpointFiles:
         return state
 
     def delete(self, files: Iterable[str]) -> list[str]:
-        """Delete ``files`` (names in the directory) and fsync it; returns those deleted."""
+        """Delete ``files`` (names in the directory) and fsync it; returns those deleted.
+        ``StorageIOError`` for a failed unlink (the files not yet deleted stay, as orphans),
+        ``SyncFailedError`` for a failed directory sync (the caller stops)."""
         deleted = []
         for name in files:
-            try:
-                self._fs.unlink(os.path.join(self.directory, name))
-            except FileNotFoundError:
-                continue
+            path = os.path.join(self.directory, name)
+            with storage_io("unlink", path):
+                try:
+                    self._fs.unlink(path)
+                except FileNotFoundError:
+                    continue
             deleted.append(name)
         if deleted:
-            self._fs.fsync_dir(self.directory)
+            with storage_io("fsync_dir", self.directory):
+                self._fs.fsync_dir(self.directory)
         return deleted
 
     def orphans(self, index: CheckpointIndex) -> list[str]:
@@ -164,7 +193,9 @@ class CheckpointFiles:
         to the writers' lock holder (an uncommitted file is renamed in only under it)."""
         named = index.files()
         found = []
-        for name in self._fs.listdir(self.directory):
+        with storage_io("listdir", self.directory):
+            names = self._fs.listdir(self.directory)
+        for name in names:
             unnamed = name.endswith(CHECKPOINT_SUFFIX) and name not in named
             if unnamed or is_abandoned_temp(name):
                 found.append(name)

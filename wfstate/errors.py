@@ -7,6 +7,10 @@ all others mean the same call will fail again until something changes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
 
 class WfstateError(Exception):
     """Root of every error wfstate raises on purpose."""
@@ -114,6 +118,74 @@ class LockTimeoutError(WfstateError):
 
 class BackendError(WfstateError):
     """A storage backend failed in a way not covered by a more specific error."""
+
+
+class StorageIOError(BackendError, OSError):
+    """A call of the file system under the store failed: a full disk (``ENOSPC``), an I/O
+    error, a permission. Both a :class:`BackendError` (so in the one tree) and an ``OSError``
+    (so ``except OSError`` callers keep working), with the cause's ``errno`` and ``strerror``;
+    ``filename`` and ``path`` are the file or directory the call was made on, ``operation``
+    the call (``write``, ``fsync``, ``fsync_dir``, ``rename``, ``unlink``, ``create``,
+    ``mkdir``, ``read``, ``listdir``, ``lock``, ``open``). Always raised ``from`` the
+    ``OSError`` the file system raised.
+
+    What the store did about it is in the contract of the call that raised it: the call
+    changed nothing the store acknowledges, and the store goes on (a checkpoint file or a
+    transaction's temp file that could not be written is removed or left to the next
+    compaction, since nothing names it; a deletion that failed leaves an orphan file).
+    A failed *sync* is different: :class:`SyncFailedError`.
+    """
+
+    def __init__(self, operation: str, path: str, errno: int | None, strerror: str | None):
+        super().__init__(errno, strerror, path)  # OSError's: sets errno, strerror, filename
+        self.operation = operation
+        self.path = path
+
+    def __str__(self) -> str:
+        code = "" if self.errno is None else f"[Errno {self.errno}] "
+        return f"{self.operation} of {self.path} failed: {code}{self.strerror or 'OSError'}"
+
+    def __reduce__(self) -> tuple[type[StorageIOError], tuple[str, str, int | None, str | None]]:
+        return type(self), (self.operation, self.path, self.errno, self.strerror)
+
+
+class SyncFailedError(StorageIOError):
+    """An ``fsync``/``fdatasync`` of a file or directory failed (DESIGN.md §3: fatal). The
+    kernel may have dropped what the sync covered while later syncs report success
+    (fsyncgate), also for *other* changes made meanwhile in the same directory, so the
+    store that saw it acknowledges nothing more: it is poisoned, and the call that hit it
+    raises :class:`StorePoisonedError` chained to this error. Never retried; reopening
+    recovers from what is on disk."""
+
+
+SYNC_OPERATIONS: Final = frozenset({"fsync", "fdatasync", "fsync_dir"})
+"""The :attr:`StorageIOError.operation` names of syncs: their failure is a
+:class:`SyncFailedError`."""
+
+
+def storage_error(operation: str, path: str, cause: OSError) -> StorageIOError:
+    """The :class:`StorageIOError` (:class:`SyncFailedError` for an operation of
+    :data:`SYNC_OPERATIONS`) for ``cause``, raised by ``operation`` on ``path``; the caller
+    raises it ``from cause``. A ``cause`` that already is one is returned as it is (its
+    operation and path are the innermost, most precise)."""
+    if isinstance(cause, StorageIOError):
+        return cause
+    kind = SyncFailedError if operation in SYNC_OPERATIONS else StorageIOError
+    return kind(operation, path, cause.errno, cause.strerror or str(cause) or None)
+
+
+@contextmanager
+def storage_io(operation: str, path: str) -> Iterator[None]:
+    """Within the block, an ``OSError`` of the file system is raised as
+    :func:`storage_error` ``(operation, path, cause)`` from it. Control flow on a specific
+    ``OSError`` (a ``FileNotFoundError`` meaning "already gone") belongs inside the block."""
+    try:
+        yield
+    except OSError as exc:
+        error = storage_error(operation, path, exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 class StepFailedError(WfstateError):

@@ -9,9 +9,12 @@ The protocol, and what may fail where (the ZODB contract: the vote may fail, fin
    path and fsynced, then each directory involved is fsynced once, so every temp file's entry
    is durable before anything can be decided about it. **This is the last step that may
    fail** (a full disk, an I/O error): every temp file is then removed and
-   ``TransactionError`` is raised, chained to the cause; nothing was decided and nothing a
-   reader sees has changed. Bad input is refused before anything is written
-   (``ValidationError`` naming the field).
+   ``TransactionError`` is raised, chained to the :class:`~wfstate.errors.StorageIOError`;
+   nothing was decided and nothing a reader sees has changed. When that cause is a
+   :class:`~wfstate.errors.SyncFailedError` (an fsync of a temp file or a directory failed)
+   the caller must stop acknowledging anyway (DESIGN.md §3: a later sync of the same
+   directory could report entries durable that the failed one lost): a store poisons itself.
+   Bad input is refused before anything is written (``ValidationError`` naming the field).
 2. Decide, under the writers' lock (the caller: a store appends :func:`encode_txn` of the
    prepared :class:`Txn` as a ``TXN`` record and syncs it). **The commit point:** a transaction
    whose ``TXN`` record is durable happened. A failure before the record is queued leaves the
@@ -51,7 +54,7 @@ from typing import Final, NamedTuple
 import msgspec
 
 from wfstate.checkpointindex import CheckpointInfo, check_entry
-from wfstate.errors import CorruptionError, TransactionError, ValidationError
+from wfstate.errors import CorruptionError, TransactionError, ValidationError, storage_io
 from wfstate.format import TXN_DIRS, checkpoint_path, is_txn_id, xxh3
 from wfstate.fs import FileSystem, temp_name
 from wfstate.payload import ENCODER, decode_versioned
@@ -228,9 +231,11 @@ def prepare(
     commits). No lock is needed.
 
     ``ValidationError`` for bad input (:func:`check_participants`), before anything is written.
-    Any other failure (``OSError`` from the file system, an interruption) removes every temp
-    file written so far and raises ``TransactionError`` chained to it: nothing was decided,
-    no final file changed.
+    Any other failure (a :class:`~wfstate.errors.StorageIOError` for the file system's
+    ``OSError``, an interruption) removes every temp file written so far and raises
+    ``TransactionError`` chained to it: nothing was decided, no final file changed. A cause
+    that is a :class:`~wfstate.errors.SyncFailedError` obliges the caller to stop (module
+    docstring).
     """
     ordered = check_participants(participants, checkpoints)
     if isinstance(sessions, str | bytes) or not all(isinstance(s, bytes) for s in sessions):
@@ -245,12 +250,19 @@ def prepare(
         for participant in ordered:
             final = os.path.join(root, participant.path)
             temp = temp_name(final)
-            fd = fs.create_exclusive(temp)
+            with storage_io("create", temp):
+                fd = fs.create_exclusive(temp)
             written.append(temp)
             try:
-                fs.write(fd, participant.content)
-                fs.fsync(fd)
-            finally:
+                with storage_io("write", temp):
+                    fs.write(fd, participant.content)
+                with storage_io("fsync", temp):
+                    fs.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the first failure is the one raised
+                    fs.close(fd)
+                raise
+            with storage_io("close", temp):
                 fs.close(fd)
             files.append(
                 TxnFile(
@@ -261,7 +273,8 @@ def prepare(
                 )
             )
         for directory in _directories(root, files):
-            fs.fsync_dir(directory)
+            with storage_io("fsync_dir", directory):
+                fs.fsync_dir(directory)
     except BaseException as exc:
         for temp in written:
             with contextlib.suppress(OSError):
@@ -294,14 +307,18 @@ def finish(fs: FileSystem, root: str, txn: Txn) -> None:
     """Step 3, holding the writers' lock in the tenure that decided ``txn``: rename each temp
     file to its final path in participant order, then fsync each directory involved once.
 
-    Must not fail: an ``OSError`` (or anything else) raised here means the transaction is
-    decided but not known finished; the caller poisons the store and leaves the rest to
-    :func:`roll_forward` (at the next open, or by the next holder of the writers' lock).
+    Must not fail: a :class:`~wfstate.errors.StorageIOError` (or anything else) raised here
+    means the transaction is decided but not known finished; the caller poisons the store and
+    leaves the rest to :func:`roll_forward` (at the next open, or by the next holder of the
+    writers' lock).
     """
     for file in txn.files:
-        fs.replace(_temp_path(root, file), os.path.join(root, file.path))
+        temp = _temp_path(root, file)
+        with storage_io("rename", temp):
+            fs.replace(temp, os.path.join(root, file.path))
     for directory in _directories(root, txn.files):
-        fs.fsync_dir(directory)
+        with storage_io("fsync_dir", directory):
+            fs.fsync_dir(directory)
 
 
 def roll_forward(fs: FileSystem, root: str, txns: Iterable[Txn]) -> list[str]:
@@ -315,8 +332,8 @@ def roll_forward(fs: FileSystem, root: str, txns: Iterable[Txn]) -> list[str]:
     ``CorruptionError`` changes nothing. Then every directory involved is fsynced, also when
     nothing was renamed here (a decider that died between its renames and its directory syncs
     left renames that are not yet durable). Idempotent: a second call renames nothing.
-    ``OSError`` from a rename or sync is raised as is (the caller stops: a decided transaction
-    is not known finished).
+    A failed read, rename or sync raises :class:`~wfstate.errors.StorageIOError` (the caller
+    stops: a decided transaction is not known finished).
     """
     todo: list[tuple[str, str]] = []
     directories: dict[str, None] = {}
@@ -324,10 +341,11 @@ def roll_forward(fs: FileSystem, root: str, txns: Iterable[Txn]) -> list[str]:
         for file in txn.files:
             directories[os.path.dirname(os.path.join(root, file.path))] = None
             temp = _temp_path(root, file)
-            try:
-                data = fs.read_file(temp)
-            except FileNotFoundError:
-                continue  # already renamed
+            with storage_io("read", temp):
+                try:
+                    data = fs.read_file(temp)
+                except FileNotFoundError:
+                    continue  # already renamed
             if len(data) != file.size or xxh3(data) != file.checksum:
                 raise CorruptionError(
                     temp,
@@ -339,9 +357,11 @@ def roll_forward(fs: FileSystem, root: str, txns: Iterable[Txn]) -> list[str]:
                 )
             todo.append((temp, os.path.join(root, file.path)))
     for temp, final in todo:
-        fs.replace(temp, final)
+        with storage_io("rename", temp):
+            fs.replace(temp, final)
     for directory in directories:
-        fs.fsync_dir(directory)
+        with storage_io("fsync_dir", directory):
+            fs.fsync_dir(directory)
     return [final for _temp, final in todo]
 
 
@@ -350,10 +370,11 @@ def undecided_temps(fs: FileSystem, directory: str) -> list[str]:
     Meaningful only to the holder of the writers' lock that has rolled forward every decided
     transaction it knows of: those files are then undecided, and deleting them is safe (a
     missing directory has none)."""
-    try:
-        names = fs.listdir(directory)
-    except FileNotFoundError:
-        return []
+    with storage_io("listdir", directory):
+        try:
+            names = fs.listdir(directory)
+        except FileNotFoundError:
+            return []
     return [name for name in names if is_abandoned_temp(name)]
 
 

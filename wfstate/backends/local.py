@@ -74,8 +74,11 @@ from wfstate.errors import (
     NotFoundError,
     SchemaVersionError,
     StorePoisonedError,
+    SyncFailedError,
+    TransactionError,
     ValidationError,
     WfstateError,
+    storage_io,
 )
 from wfstate.format import (
     CHECKPOINTS_DIR,
@@ -195,7 +198,10 @@ class LocalStore(TableStore):
         # transactions read from the log (docs/format.md §10) that this handle has not seen
         # finished under the writers' lock: rolled forward at its next tenure (_held)
         self._unfinished: list[Txn] = []
-        self._poison: BaseException | None = None  # a transaction's finish failed
+        # why the store stopped acknowledging (_stop): a decided transaction's finish or a
+        # sync outside the log failed; every later call raises StorePoisonedError
+        self._poison: BaseException | None = None
+        self._poison_why = ""
         self._sessions = SessionTable()  # folded from the log (docs/format.md §11)
         self._owned: dict[str, Session] = {}  # sessions this handle owns (holds the lock of)
         self._lock_timeout = float(lock_timeout)
@@ -261,51 +267,54 @@ class LocalStore(TableStore):
             mode=mode,
             lock_timeout=lock_timeout,
         )
-        make_dirs(fs, path)
-        for directory in TXN_DIRS:
-            make_dirs(fs, os.path.join(path, directory))
-        wal_dir = os.path.join(path, WAL_DIR)
-        stores: list[LocalStore] = []  # the store exists once the log does
-        log = Log.open(
-            wal_dir,
-            durability=durability,
-            sync_interval_ms=sync_interval_ms,
-            segment_size=segment_size,
-            compression=compression,
-            max_record_size=max_record_size,
-            mode=mode,
-            on_foreign=lambda record: stores[0]._take(record),  # noqa: PLW0108 (late binding)
-            on_discard=lambda anchor, _first_lsn: stores[0]._take_anchor(anchor, skipped=True),
-            lock_path=os.path.join(path, LOCK_FILE),
-            lock_timeout=lock_timeout,
-            fs=fs,
-        )
-        try:
-            table = StateTable(
-                lambda w, origin, floor, entries: stores[0]._materialize(  # noqa: PLW0108
-                    w, origin, floor, entries
-                ),
-                cache_bytes=cache_bytes,
-            )
-            store = cls(
-                log,
-                table,
-                clock=clock,
-                path=path,
-                fs=fs,
-                upgrades=upgrades,
-                policy=checkpoints,
+        # every I/O failure of opening is a StorageIOError (nothing was acknowledged: the
+        # caller may open again); the log's and the roll-forward's own errors pass as they are
+        with storage_io("open", path):
+            make_dirs(fs, path)
+            for directory in TXN_DIRS:
+                make_dirs(fs, os.path.join(path, directory))
+            wal_dir = os.path.join(path, WAL_DIR)
+            stores: list[LocalStore] = []  # the store exists once the log does
+            log = Log.open(
+                wal_dir,
+                durability=durability,
+                sync_interval_ms=sync_interval_ms,
+                segment_size=segment_size,
+                compression=compression,
+                max_record_size=max_record_size,
+                mode=mode,
+                on_foreign=lambda record: stores[0]._take(record),  # noqa: PLW0108 (late binding)
+                on_discard=lambda anchor, _first_lsn: stores[0]._take_anchor(anchor, skipped=True),
+                lock_path=os.path.join(path, LOCK_FILE),
                 lock_timeout=lock_timeout,
+                fs=fs,
             )
-            stores.append(store)
-            if log.anchor:
-                store._take_anchor(log.anchor, skipped=True)
-            for record in log.read(log.first_lsn):
-                store._take(record)
-            store._settle()
-        except BaseException:
-            log.close()
-            raise
+            try:
+                table = StateTable(
+                    lambda w, origin, floor, entries: stores[0]._materialize(  # noqa: PLW0108
+                        w, origin, floor, entries
+                    ),
+                    cache_bytes=cache_bytes,
+                )
+                store = cls(
+                    log,
+                    table,
+                    clock=clock,
+                    path=path,
+                    fs=fs,
+                    upgrades=upgrades,
+                    policy=checkpoints,
+                    lock_timeout=lock_timeout,
+                )
+                stores.append(store)
+                if log.anchor:
+                    store._take_anchor(log.anchor, skipped=True)
+                for record in log.read(log.first_lsn):
+                    store._take(record)
+                store._settle()
+            except BaseException:
+                log.close()
+                raise
         return store
 
     # -- the Store hooks ----------------------------------------------------------------------
@@ -536,6 +545,11 @@ class LocalStore(TableStore):
         the file is written and fsynced first, renamed into place under the writers' lock,
         and the checkpoint exists from its durable ``CHECKPOINT`` record on (docs/format.md
         §9.3); a crash before leaves a file nothing names, deleted by the next compaction.
+
+        I/O failures: a failed create, write or rename of the file raises ``StorageIOError``
+        (nothing names the file, it is removed or left as an orphan, the store goes on); a
+        failed fsync of it or of ``checkpoints/`` stops the store (``StorePoisonedError``
+        chained to the ``SyncFailedError``, :meth:`_fatal_syncs`).
         """
         validate_id(workflow_id, "workflow_id")
         if not isinstance(description, str):
@@ -566,7 +580,8 @@ class LocalStore(TableStore):
                 state, origin, type, self._clock(), tags=tags, description=description
             )
             parent = None if full else self._parent_for(workflow_id, origin)
-        prepared = self._files.prepare(template, state, parent)
+        with self._fatal_syncs():
+            prepared = self._files.prepare(template, state, parent)
         try:
             with self._mutex:
                 self._check_open()
@@ -586,8 +601,11 @@ class LocalStore(TableStore):
         return prepared.info
 
     def _commit_checkpoint(self, writer: LogWriter, prepared: Prepared) -> int:
-        """Install a prepared file and queue its ``CHECKPOINT`` record (writers' lock held)."""
-        self._files.install(prepared)
+        """Install a prepared file and queue its ``CHECKPOINT`` record (writers' lock held).
+        A failed rename raises ``StorageIOError`` (nothing names the file: the store goes
+        on), a failed directory sync stops the store (:meth:`_fatal_syncs`)."""
+        with self._fatal_syncs():
+            self._files.install(prepared)
         lsn = writer.enqueue(encode_entry(prepared.info), record_type=RECORD_CHECKPOINT)
         self._index.add(prepared.info)
         self._bad.pop(prepared.info.id, None)
@@ -804,7 +822,8 @@ class LocalStore(TableStore):
                 kept = len(self._index)
         if lsn:
             self._log.wait(lsn)
-        self._files.delete([info.file for info in dropped] + [info.file for info in folded])
+        with self._fatal_syncs():  # the drop is durable: files left are orphans
+            self._files.delete([info.file for info in dropped] + [info.file for info in folded])
         return RetentionPlan(
             drop=tuple(dropped),
             fold=tuple(folded),
@@ -824,7 +843,8 @@ class LocalStore(TableStore):
             except CorruptionError:
                 return None
         template = msgspec.structs.replace(info, parent=None)
-        prepared = self._files.prepare(template, state, None, folded=True)
+        with self._fatal_syncs():
+            prepared = self._files.prepare(template, state, None, folded=True)
         try:
             with self._mutex:
                 self._check_open()
@@ -881,8 +901,9 @@ class LocalStore(TableStore):
         with self._mutex:
             self._check_open()
             with self._held() as writer:
-                orphans = self._files.delete(self._files.orphans(self._index))
-                self._delete_undecided((WORKFLOWS_DIR, SESSIONS_DIR))
+                with self._fatal_syncs():
+                    orphans = self._files.delete(self._files.orphans(self._index))
+                    self._delete_undecided((WORKFLOWS_DIR, SESSIONS_DIR))
                 for workflow_id in self._uncovered():  # changed by another process meanwhile
                     self._checkpoint_held(writer, workflow_id)
                     checkpointed.append(workflow_id)
@@ -954,7 +975,8 @@ class LocalStore(TableStore):
         origin = self._table.origin(workflow_id)
         assert state is not None and origin is not None
         template = _new_entry(state, origin, "compaction", self._clock())
-        prepared = self._files.prepare(template, state, None)
+        with self._fatal_syncs():
+            prepared = self._files.prepare(template, state, None)
         try:
             self._commit_checkpoint(writer, prepared)
         except BaseException:
@@ -1043,9 +1065,36 @@ class LocalStore(TableStore):
         super()._check_open()
         if self._poison is not None:
             raise StorePoisonedError(
-                f"store {self.path} stopped: a decided transaction is not known to be finished "
-                f"({self._poison}); reopen it to roll the transaction forward"
+                f"store {self.path} stopped: {self._poison_why}; reopen it to recover"
             ) from self._poison
+
+    def _stop(self, why: str, cause: BaseException) -> StorePoisonedError:
+        """Poison the store (DESIGN.md §3): from now on every call raises
+        ``StorePoisonedError`` (:meth:`_check_open`); reopening recovers from the disk.
+        Returns the error for the call that failed, to raise ``from cause``."""
+        self._poison = cause
+        self._poison_why = f"{why} ({cause})"
+        return StorePoisonedError(f"store {self.path} stopped: {self._poison_why}; reopen it")
+
+    @contextmanager
+    def _fatal_syncs(self) -> Iterator[None]:
+        """A failed sync of a file outside the log (a checkpoint file, a transaction's temp
+        file, the directory after renames or deletions) raised in the block stops the store:
+        the call raises ``StorePoisonedError`` chained to the ``SyncFailedError`` (or to the
+        ``TransactionError`` of a prepare it caused). DESIGN.md §3: after a failed fsync the
+        kernel may have dropped what it covered (for a directory, any entry made in it since
+        its last good sync, also another thread's checkpoint rename) while a later fsync
+        reports success, so nothing more may be acknowledged, and the sync is never retried.
+        Other I/O failures (a full disk while writing a temp file, a rename that did not
+        happen) pass through as ``StorageIOError``: nothing durable depends on them, the
+        store goes on."""
+        try:
+            yield
+        except (SyncFailedError, TransactionError) as exc:
+            failed = exc if isinstance(exc, SyncFailedError) else exc.__cause__
+            if not isinstance(failed, SyncFailedError):
+                raise
+            raise self._stop("a sync failed", failed) from exc
 
     @contextmanager
     def _held(self) -> Iterator[LogWriter]:
@@ -1069,13 +1118,10 @@ class LocalStore(TableStore):
         try:
             roll_forward(self._fs, self.path, txns)
         except BaseException as exc:
-            self._poison = exc
+            stopped = self._stop("rolling forward a decided transaction failed", exc)
             if isinstance(exc, CorruptionError):
                 raise
-            raise StorePoisonedError(
-                f"store {self.path}: rolling forward a decided transaction failed ({exc}); "
-                "reopen it to try again"
-            ) from exc
+            raise stopped from exc
         self._unfinished = []
 
     def _settle(self) -> None:
@@ -1114,12 +1160,15 @@ class LocalStore(TableStore):
             directory = os.path.join(self.path, name)
             found = undecided_temps(self._fs, directory)
             for temp in found:
-                try:
-                    self._fs.unlink(os.path.join(directory, temp))
-                except FileNotFoundError:
-                    continue  # deleted by another holder of the lock meanwhile
+                path = os.path.join(directory, temp)
+                with storage_io("unlink", path):
+                    try:
+                        self._fs.unlink(path)
+                    except FileNotFoundError:
+                        continue  # deleted by another holder of the lock meanwhile
             if found:
-                self._fs.fsync_dir(directory)
+                with storage_io("fsync_dir", directory):
+                    self._fs.fsync_dir(directory)
 
     def _transact(self, build: Callable[[int, float], _TxnPlan]) -> str:
         """Run one transaction (docs/format.md §10.1) whose content ``build(lsn, now)`` makes:
@@ -1132,7 +1181,9 @@ class LocalStore(TableStore):
         an ``end`` whose token is not the session's current one, or of an ended session),
         leaves nothing written. Prepare (the temp files, under the lock): ``ValidationError``
         for bad input, ``TransactionError`` for a failure while writing them; nothing changed
-        either way. Decide: the ``TXN`` record is appended and synced, whatever the
+        either way, but a failed sync of them (``SyncFailedError`` as the cause) stops the store
+        (``StorePoisonedError``, :meth:`_fatal_syncs`). Decide: the ``TXN`` record is appended
+        and synced, whatever the
         durability level. A failure before it is queued (too large a record) removes the temp
         files and raises; a failed write or sync of it poisons the log
         (``StorePoisonedError``) and leaves the temp files for the next open to roll forward or
@@ -1150,14 +1201,15 @@ class LocalStore(TableStore):
                     if event.id not in starting:
                         self._sessions.check_owner(event.id, event.token)
                 batch = encode_mutations(plan.batch, session=plan.owner) if plan.batch else b""
-                txn = prepare(
-                    self._fs,
-                    self.path,
-                    plan.participants,
-                    checkpoints=[info for info, _state in plan.checkpoints],
-                    sessions=[encode_event(e, versioned=False) for e in plan.sessions],
-                    batch=batch,
-                )
+                with self._fatal_syncs():
+                    txn = prepare(
+                        self._fs,
+                        self.path,
+                        plan.participants,
+                        checkpoints=[info for info, _state in plan.checkpoints],
+                        sessions=[encode_event(e, versioned=False) for e in plan.sessions],
+                        batch=batch,
+                    )
                 decided = False
                 try:
                     got = writer.enqueue(encode_txn(txn), record_type=RECORD_TXN)
@@ -1173,11 +1225,8 @@ class LocalStore(TableStore):
                 try:
                     finish(self._fs, self.path, txn)
                 except BaseException as exc:
-                    self._poison = exc
-                    raise StorePoisonedError(
-                        f"store {self.path}: transaction {txn.id} is decided but finishing "
-                        f"it failed ({exc}); reopen the store to roll it forward"
-                    ) from exc
+                    why = f"transaction {txn.id} is decided but finishing it failed"
+                    raise self._stop(why, exc) from exc
         self._created([info for info, _state in plan.checkpoints if info.origin])
         return txn.id
 
