@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
 import pytest
 
 from bench import report
@@ -71,3 +72,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_sep("-", "wfstate vs peers (ratios measured side by side in this run)")
     for line in report.render(report.RESULTS, quick=report.QUICK):
         terminalreporter.write_line(line)
+
+
+def pytest_benchmark_update_json(
+    config: pytest.Config, benchmarks: list[object], output_json: dict[str, object]
+) -> None:
+    """Keep this run's :class:`report.Results` in the ``--benchmark-json`` file, under
+    :data:`report.JSON_KEY`: ``python -m bench.gate`` and ``python -m bench.docs`` read it."""
+    report.RESULTS.machine = report.machine_label(report.RESULTS.data_dir)
+    output_json[report.JSON_KEY] = msgspec.to_builtins(report.RESULTS)

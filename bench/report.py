@@ -321,10 +321,16 @@ JSON_KEY = "wfstate_results"
 def load_results(benchmark_json: str) -> Results:
     """The :class:`Results` a run saved in its ``--benchmark-json`` file (``bench/conftest.py``)."""
     with open(benchmark_json, "rb") as f:
-        document = msgspec.json.decode(f.read())
-    if not isinstance(document, dict) or JSON_KEY not in document:
+        document = msgspec.json.decode(f.read(), type=_RunFile)
+    if document.wfstate_results is None:
         raise ValueError(f"{benchmark_json}: no {JSON_KEY!r} (not a run of bench/?)")
-    return msgspec.convert(document[JSON_KEY], Results)
+    return document.wfstate_results
+
+
+class _RunFile(msgspec.Struct):
+    """The part of a ``--benchmark-json`` file :func:`load_results` reads."""
+
+    wfstate_results: Results | None = None
 
 
 def _ratio(a: float | None, b: float | None) -> str:
