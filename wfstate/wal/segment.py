@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import xxhash
+
 from wfstate.errors import CorruptionError, FormatVersionError
 from wfstate.format import (
+    CODEC_NONE,
     CODECS,
     FLAG_AFTER_SYNC,
     FORMAT_VERSION,
@@ -19,6 +22,7 @@ from wfstate.format import (
     MAX_PAYLOAD,
     READABLE_VERSIONS,
     RECORD_ALIGN,
+    RECORD_HEADER,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER,
     SEGMENT_HEADER_CHECKED,
@@ -115,38 +119,60 @@ def walk(buf: bytes, cur: Cursor) -> Iterator[tuple[int, RecordHeader]]:
 
     ``cur`` advances past every yielded record; when the generator ends, ``cur.offset`` is where
     valid data stops and ``cur.reason`` says why (None at a clean end of the segment).
+
+    Every record of a log goes through here at each open, so the common case (a plausible
+    header, as :meth:`RecordHeader.is_plausible` with the expected LSN) is tested inline on the
+    unpacked fields; anything else is judged by :func:`_implausible`.
     """
     end = len(buf)
     view = memoryview(buf)
+    unpack = RECORD_HEADER.unpack_from
+    make = RecordHeader._make
+    digest = xxhash.xxh3_64_intdigest
+    p = cur.offset
+    seed = cur.seed
+    lsn = cur.lsn
     while True:
-        p = cur.offset
         if p == end:
             cur.reason = None
             return
         if end - p < RECORD_HEADER_SIZE:
             cur.reason = f"short record header ({end - p} bytes before end of file)"
             return
-        if buf[p : p + RECORD_HEADER_SIZE] == ZERO_RECORD_HEADER:
-            cur.reason = "zero-filled record header"
+        fields = unpack(buf, p)
+        checksum, h_lsn, length, raw_length, rtype, codec, flags, reserved1, reserved2 = fields
+        if not (
+            h_lsn == lsn
+            and rtype != 0
+            and codec in CODECS
+            and not (flags & ~KNOWN_FLAGS)
+            and reserved1 == 0
+            and reserved2 == 0
+            and 1 <= length <= MAX_PAYLOAD
+            and 1 <= raw_length <= MAX_PAYLOAD
+            and (codec != CODEC_NONE or raw_length == length)
+        ):
+            if buf[p : p + RECORD_HEADER_SIZE] == ZERO_RECORD_HEADER:
+                cur.reason = "zero-filled record header"
+            else:
+                cur.reason = _implausible(make(fields), lsn)
             return
-        h = unpack_record_header(buf, p)
-        if not h.is_plausible(cur.lsn):
-            cur.reason = _implausible(h, cur.lsn)
-            return
-        size = h.size
+        stored = RECORD_HEADER_SIZE + length
+        size = (stored + 7) & ~7
         if p + size > end:
             cur.reason = f"record of {size} bytes extends {p + size - end} bytes past end of file"
             return
-        if xxh3(view[p + 8 : p + size], cur.seed) != h.checksum:
-            cur.reason = f"checksum mismatch in record LSN {h.lsn}"
+        if digest(view[p + 8 : p + size], seed) != checksum:
+            cur.reason = f"checksum mismatch in record LSN {h_lsn}"
             return
-        if any(view[p + RECORD_HEADER_SIZE + h.length : p + size]):
+        if stored != size and any(view[p + stored : p + size]):
             cur.reason = "non-zero record padding"
             return
-        cur.offset = p + size
-        cur.seed = h.checksum
-        cur.lsn = h.lsn + 1
-        yield p, h
+        offset = p
+        p = cur.offset = p + size
+        seed = cur.seed = checksum
+        lsn = cur.lsn = h_lsn + 1
+        yield offset, make(fields)
 
 
 def resync(buf: bytes, damaged: int, expected_lsn: int) -> Cursor | None:
