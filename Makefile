@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench reliability clean
+.PHONY: demo test test-slow bench bench-gate benchmarks reliability clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,29 @@ test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(MAKE) bench-gate
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# Benchmarks (bench/README.md). BENCH_JSON: where a run keeps its numbers.
+BENCH_JSON ?= .benchmarks
+BENCH   := $(PY) -m pytest bench -q -p no:cacheprovider --benchmark-only
+
 bench: $(STAMP)
-	$(PY) -m pytest bench -q -p no:cacheprovider --benchmark-only
+	$(BENCH)
+
+# The CI gate: the quick mode, failing when a seed target of BENCHMARKS.md is missed.
+bench-gate: $(STAMP)
+	mkdir -p $(BENCH_JSON)
+	WFSTATE_BENCH_QUICK=1 $(BENCH) --benchmark-json=$(BENCH_JSON)/quick.json
+	$(PY) -m bench.gate $(BENCH_JSON)/quick.json
+
+# The one command that rewrites docs/benchmarks.md and its plot from a full run.
+benchmarks: $(STAMP)
+	mkdir -p $(BENCH_JSON)
+	$(BENCH) --benchmark-json=$(BENCH_JSON)/full.json
+	$(PY) -m bench.docs $(BENCH_JSON)/full.json docs/benchmarks.md docs/benchmarks-scaling.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks
