@@ -25,7 +25,12 @@ from matplotlib import pyplot  # after the backend is chosen
 DEFAULT_DOC = "docs/benchmarks.md"
 DEFAULT_PLOT = "docs/benchmarks-scaling.png"
 
-_MARKERS = {"sqlite_full": "s", "json_rewrite": "^", "wfstate": "o"}
+#: Each system looks the same in every panel.
+_STYLE = {
+    "sqlite_full": ("s", "tab:blue"),
+    "json_rewrite": ("^", "tab:orange"),
+    "wfstate": ("o", "tab:green"),
+}
 
 
 class _RunInfo(msgspec.Struct):
@@ -41,7 +46,7 @@ def run_info(benchmark_json: str) -> str:
     commit = info.commit_info
     revision = str(commit.get("id", "?"))[:12]
     dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
-    return f"{info.datetime or '?'} UTC, commit {revision}{dirty}"
+    return f"{info.datetime or '?'}, commit {revision}{dirty}"
 
 
 def plot_scaling(results: report.Results, path: str) -> None:
@@ -55,7 +60,8 @@ def plot_scaling(results: report.Results, path: str) -> None:
             xs = [size for size in sorted(points) if system in points[size]]
             if xs:
                 ys = [points[size][system] for size in xs]
-                ax.plot(xs, ys, marker=_MARKERS.get(system, "."), label=system)
+                marker, color = _STYLE.get(system, (".", "tab:gray"))
+                ax.plot(xs, ys, marker=marker, color=color, label=system)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(unit)
@@ -165,6 +171,8 @@ def main(argv: list[str]) -> int:
     results = report.load_results(source)
     plot_name = os.path.relpath(plot, os.path.dirname(os.path.abspath(doc)) or ".")
     text = "\n".join(document(results, run_info(source), plot_name))
+    os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
     with open(doc, "w", encoding="utf-8") as f:
         f.write(text.rstrip("\n") + "\n")
     if results.scaling:
