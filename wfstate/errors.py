@@ -125,15 +125,15 @@ class StorageIOError(BackendError, OSError):
     error, a permission. Both a :class:`BackendError` (so in the one tree) and an ``OSError``
     (so ``except OSError`` callers keep working), with the cause's ``errno`` and ``strerror``;
     ``filename`` and ``path`` are the file or directory the call was made on, ``operation``
-    the call (``write``, ``fsync``, ``fsync_dir``, ``rename``, ``unlink``, ``create``,
-    ``mkdir``, ``read``, ``listdir``, ``lock``, ``open``). Always raised ``from`` the
-    ``OSError`` the file system raised.
+    the call (``create``, ``write``, ``fsync``, ``fsync_dir``, ``rename``, ``unlink``,
+    ``read``, ``listdir``, ``lock``...; for the log, what the store was doing with it:
+    ``catch up on``, ``read``, ``write``, ``sync``, ``close``; ``open`` for anything failing
+    while a store opens). Always raised ``from`` the ``OSError`` of the file system.
 
-    What the store did about it is in the contract of the call that raised it: the call
-    changed nothing the store acknowledges, and the store goes on (a checkpoint file or a
-    transaction's temp file that could not be written is removed or left to the next
-    compaction, since nothing names it; a deletion that failed leaves an orphan file).
-    A failed *sync* is different: :class:`SyncFailedError`.
+    What happened is in the contract of the call that raised it. Writing or renaming a
+    checkpoint file or a transaction's temp file changed nothing (the file is removed or left
+    as an orphan nothing names) and the store goes on; a failed open acknowledged nothing.
+    A failed *sync* is different (:class:`SyncFailedError`): the store stops.
     """
 
     def __init__(self, operation: str, path: str, errno: int | None, strerror: str | None):

@@ -30,6 +30,7 @@ before that handle writes anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -78,6 +79,7 @@ from wfstate.errors import (
     TransactionError,
     ValidationError,
     WfstateError,
+    storage_error,
     storage_io,
 )
 from wfstate.format import (
@@ -341,7 +343,28 @@ class LocalStore(TableStore):
             yield log_batch
 
     def _catch_up(self) -> None:
-        self._log.follow()
+        with self._log_io("catch up on"):
+            self._log.follow()
+
+    @contextmanager
+    def _log_io(self, operation: str) -> Iterator[None]:
+        """The log's I/O other than its appends and syncs (catching up, reading a record,
+        taking and releasing the writers' lock, closing): an ``OSError`` the log lets through
+        is raised as ``StorageIOError`` naming ``operation`` and the log's directory, or as
+        ``StorePoisonedError`` when the log poisoned itself on it (a repair's write or sync
+        at the start of a tenure). The log's own errors (``StorePoisonedError``,
+        ``CorruptionError``...) pass as they are."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, WfstateError):
+                raise
+            if self._log.poisoned:
+                raise StorePoisonedError(
+                    f"store {self.path}: the log stopped after a failed write or sync ({exc}); "
+                    "reopen it to recover"
+                ) from exc
+            raise storage_error(operation, self._log.path, exc) from exc
 
     def _current(self, workflow_id: str) -> WorkflowState | None:
         """As the base, once more if another process discarded the segments holding this
@@ -353,14 +376,20 @@ class LocalStore(TableStore):
             return super()._current(workflow_id)
 
     def _wait_durable(self, lsn: int) -> None:
-        self._log.wait(lsn)
+        with self._log_io("sync"):
+            self._log.wait(lsn)
 
     def close(self) -> None:
-        """Sync and release the store (its log and lock handle); idempotent."""
+        """Sync and release the store (its log and lock handle); idempotent. A failure to
+        release a session's lock or to close the log raises ``StorageIOError`` (the store is
+        closed all the same; a lock is released by the OS when the process ends)."""
         if self._mark_closed():
-            for session in list(self._owned.values()):
-                session.close()
-            self._log.close()
+            try:
+                for session in list(self._owned.values()):
+                    session.close()
+            finally:
+                with self._log_io("close"):
+                    self._log.close()
 
     def __enter__(self) -> LocalStore:
         return self
@@ -487,7 +516,8 @@ class LocalStore(TableStore):
             if lsn < self._log.first_lsn:
                 raise _LogMovedOn(lsn)
             try:
-                record = self._log.read_at(lsn)
+                with self._log_io("read"):
+                    record = self._log.read_at(lsn)
             except NotFoundError as exc:  # its segment was discarded by another process
                 raise _LogMovedOn(lsn) from exc
             payload = record.payload
@@ -596,7 +626,7 @@ class LocalStore(TableStore):
         except BaseException:
             self._files.abandon(prepared)
             raise
-        self._log.wait(lsn)
+        self._wait_durable(lsn)
         self._created([prepared.info])
         return prepared.info
 
@@ -821,7 +851,7 @@ class LocalStore(TableStore):
                     self._bad.pop(info.id, None)
                 kept = len(self._index)
         if lsn:
-            self._log.wait(lsn)
+            self._wait_durable(lsn)
         with self._fatal_syncs():  # the drop is durable: files left are orphans
             self._files.delete([info.file for info in dropped] + [info.file for info in folded])
         return RetentionPlan(
@@ -859,7 +889,7 @@ class LocalStore(TableStore):
         except BaseException:
             self._files.abandon(prepared)
             raise
-        self._log.wait(lsn)
+        self._wait_durable(lsn)
         return prepared.info
 
     def compact(self, *, dry_run: bool = False) -> CompactionReport:
@@ -921,9 +951,10 @@ class LocalStore(TableStore):
                 writer.start_segment()
                 lsn = writer.enqueue(payload, record_type=RECORD_DISCARD)
                 self._take_anchor(payload, skipped=False)
-            self._log.wait(lsn)
+            self._wait_durable(lsn)
             before = set(self._segment_files())
-            self._log.discard_before(lsn, payload)
+            with self._log_io("discard segments of"):
+                self._log.discard_before(lsn, payload)
             discarded = sorted(before - set(self._segment_files()))
             created, self._held_created = self._held_created, []
         self._created(created)
@@ -987,7 +1018,9 @@ class LocalStore(TableStore):
 
     def _segment_files(self) -> list[str]:
         wal_dir = self._log.path
-        return sorted(n for n in self._fs.listdir(wal_dir) if parse_segment_name(n) is not None)
+        with storage_io("listdir", wal_dir):
+            names = self._fs.listdir(wal_dir)
+        return sorted(n for n in names if parse_segment_name(n) is not None)
 
     def set_checkpoint_observer(self, observer: Callable[[CheckpointInfo], None] | None) -> None:
         """Call ``observer`` with the entry of every checkpoint this handle creates (manual,
@@ -1035,6 +1068,10 @@ class LocalStore(TableStore):
                 for w, (origin, _floor) in live.items()
             )
             segments = self._segment_files()
+            with storage_io("stat", self._log.path):
+                log_bytes = sum(
+                    self._fs.file_size(os.path.join(self._log.path, n)) for n in segments
+                )
             appended = self._log.appended_bytes
             by_workflow: dict[str, tuple[int, int]] = {}
             for info in self._index.all():
@@ -1045,9 +1082,7 @@ class LocalStore(TableStore):
                 last_lsn=self._log.last_lsn,
                 log_first_lsn=self._log.first_lsn,
                 log_segments=len(segments),
-                log_bytes=sum(
-                    self._fs.file_size(os.path.join(self._log.path, n)) for n in segments
-                ),
+                log_bytes=log_bytes,
                 uncovered_batches=uncovered,
                 bytes_since_compaction=self._logged_bytes,
                 checkpoints=len(self._index),
@@ -1103,8 +1138,9 @@ class LocalStore(TableStore):
         not seen finished (docs/format.md §10.1): so no write of this handle, and no
         compaction (which would delete a decided temp file as undecided, or discard the
         ``TXN`` record naming it), happens while a decided transaction is unfinished. Every
-        write of the store goes through here; the store's lock is held."""
-        with self._log.writing() as writer:
+        write of the store goes through here; the store's lock is held. The log's I/O
+        failures are raised as :meth:`_log_io` says."""
+        with self._log_io("write"), self._log.writing() as writer:
             if self._unfinished:
                 self._roll_forward_others()
             yield writer
@@ -1338,10 +1374,11 @@ class LocalStore(TableStore):
         with self._mutex:
             self._check_open()
         path = os.path.join(self.path, WORKFLOWS_DIR, workflow_id + WORKFLOW_STATE_SUFFIX)
-        try:
-            data = self._fs.read_file(path)
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"workflow_id: no state file of {workflow_id!r}") from exc
+        with storage_io("read", path):
+            try:
+                data = self._fs.read_file(path)
+            except FileNotFoundError as exc:
+                raise NotFoundError(f"workflow_id: no state file of {workflow_id!r}") from exc
         decoded = decode_checkpoint(data, path, epoch=self._log.epoch)
         if decoded.state is None or decoded.workflow_id != workflow_id:
             raise CorruptionError(
@@ -1476,13 +1513,15 @@ class LocalStore(TableStore):
         for info in self.sessions():
             if info.status != "active" or info.id in self._owned:
                 continue
-            handle = self._fs.open_lock(self._session_lock_path(info.id))
-            try:
-                free = self._fs.try_lock(handle)
-                if free:
-                    self._fs.unlock(handle)
-            finally:
-                self._fs.close_lock(handle)
+            lock_path = self._session_lock_path(info.id)
+            with storage_io("lock", lock_path):
+                handle = self._fs.open_lock(lock_path)
+                try:
+                    free = self._fs.try_lock(handle)
+                    if free:
+                        self._fs.unlock(handle)
+                finally:
+                    self._fs.close_lock(handle)
             if free:
                 plans = tuple(self._plan(w) for w in info.workflows)
                 crashed.append(CrashedSession(session=info, workflows=plans))
@@ -1712,27 +1751,34 @@ class LocalStore(TableStore):
 
     def _take_session_lock(self, session_id: str, timeout: float) -> object:
         """Take the lock of ``session_id``, polling up to ``timeout`` seconds, else
-        ``LockTimeoutError`` (its owner is alive)."""
-        handle = self._fs.open_lock(self._session_lock_path(session_id))
-        deadline = time.monotonic() + timeout
-        try:
-            while not self._fs.try_lock(handle):
-                if time.monotonic() >= deadline:
-                    raise LockTimeoutError(
-                        f"session {session_id}: its lock was not free within {timeout} s "
-                        "(lock_timeout): its owner is alive"
-                    )
-                time.sleep(0.01)
-        except BaseException:
-            self._fs.close_lock(handle)
-            raise
+        ``LockTimeoutError`` (its owner is alive); ``StorageIOError`` if the lock file cannot
+        be opened or locked."""
+        lock_path = self._session_lock_path(session_id)
+        with storage_io("lock", lock_path):
+            handle = self._fs.open_lock(lock_path)
+            deadline = time.monotonic() + timeout
+            try:
+                while not self._fs.try_lock(handle):
+                    if time.monotonic() >= deadline:
+                        raise LockTimeoutError(
+                            f"session {session_id}: its lock was not free within {timeout} s "
+                            "(lock_timeout): its owner is alive"
+                        )
+                    time.sleep(0.01)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the first failure is the one raised
+                    self._fs.close_lock(handle)
+                raise
         return handle
 
     def _release_session_lock(self, handle: object) -> None:
-        try:
-            self._fs.unlock(handle)
-        finally:
-            self._fs.close_lock(handle)
+        """Unlock and close a session's lock; ``StorageIOError`` if that fails (the handle is
+        closed all the same)."""
+        with storage_io("unlock", self.path):
+            try:
+                self._fs.unlock(handle)
+            finally:
+                self._fs.close_lock(handle)
 
     def _own(self, session_id: str, user: str, token: int, lock: object) -> Session:
         session = Session(self, session_id, user, token, lock)
