@@ -35,6 +35,7 @@ from wfstate.mutations import (
     Mutation,
     PutStepOutput,
     ReplaceState,
+    Replay,
     SetAgentState,
     SetStepStatus,
     SetWorkflowStatus,
@@ -864,6 +865,69 @@ def test_random_histories_are_deterministic_and_round_trip(history: list[Mutatio
     for m in logged:
         one_by_one = {**one_by_one, **replay_batch(one_by_one, [m])}
     assert one_by_one[WF] == first[-1]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_a_replay_fed_in_chunks_is_the_history_applied_one_by_one(
+    history: list[Mutation], data: st.DataObject
+) -> None:
+    """``Replay`` extends the outputs it copied in place: whatever the chunks, its states are
+    those of ``apply`` one mutation at a time, and no state it was given or handed out (by a
+    ``result`` taken midway) changes afterwards."""
+    logged = decode_mutations(encode_mutations(history))
+    expected = replay(history)
+    cut = data.draw(st.integers(min_value=0, max_value=len(logged)), label="cut")
+    given_states = replay_batch({}, logged[:cut])
+    handed_out = [(given_states, {w: encode_state(s) for w, s in given_states.items() if s})]
+    replaying = Replay(given_states)
+    done = cut
+    while done < len(logged):
+        size = data.draw(st.integers(min_value=1, max_value=4), label="chunk")
+        replaying.apply(logged[done : done + size])
+        done = min(done + size, len(logged))
+        if data.draw(st.booleans(), label="result now"):
+            midway = replaying.result()
+            assert midway[WF] == expected[done - 1]
+            handed_out.append((midway, {w: encode_state(s) for w, s in midway.items() if s}))
+    final = {**given_states, **replaying.result()}
+    assert final.get(WF) == expected[-1]
+    for states, encoded in handed_out:
+        assert {w: encode_state(s) for w, s in states.items() if s} == encoded
+
+
+def test_a_replay_of_many_outputs_copies_none_of_the_states_given() -> None:
+    state = created(step("a"), step("b"))
+    puts = [
+        PutStepOutput(workflow_id=WF, step_id="ab"[i % 2], data={"i": i}, at=float(i))
+        for i in range(50)
+    ]
+    replaying = Replay({WF: state})
+    for m in puts:
+        replaying.apply([m])
+    result = replaying.result()[WF]
+    assert result is not None
+    assert result == run(state, *puts)
+    assert state.outputs == {}
+    assert [o.version for o in result.outputs["a"]] == list(range(1, 26))
+    again = Replay({WF: result})  # a state handed out is copied, not extended, by a new replay
+    again.apply([puts[0]])
+    assert len(result.outputs["a"]) == 25
+    extended = again.result()[WF]
+    assert extended is not None
+    assert len(extended.outputs["a"]) == 26
+
+
+def test_a_replay_that_deletes_and_creates_again_starts_from_fresh_outputs() -> None:
+    steps = (step("a"),)
+    put = PutStepOutput(workflow_id=WF, step_id="a", data=1, at=2.0)
+    replaying = Replay({})
+    replaying.apply([CreateWorkflow(workflow_id=WF, name="W", steps=steps, at=1.0), put, put])
+    replaying.apply([DeleteWorkflow(workflow_id=WF, at=3.0)])
+    replaying.apply([CreateWorkflow(workflow_id=WF, name="W", steps=steps, at=4.0), put])
+    state = replaying.result()[WF]
+    assert state is not None
+    assert [o.version for o in state.outputs["a"]] == [1]
 
 
 def test_replay_refuses_a_logged_batch_that_cannot_apply() -> None:

@@ -458,17 +458,77 @@ def replay_batch(
     opening a store). What cannot be applied at all (a workflow that is absent, a step that does
     not exist) raises ``NotFoundError``/``ValidationError``, which a store reports as corruption.
     """
-    result: dict[str, WorkflowState | None] = {}
-    for i, m in enumerate(batch):
-        workflow_id = m.workflow_id
-        prior = result[workflow_id] if workflow_id in result else states.get(workflow_id)
-        if prior is None and not isinstance(m, CreateWorkflow):
-            raise NotFoundError(f"mutations[{i}].workflow_id: no workflow {workflow_id!r}")
-        try:
-            result[workflow_id] = _apply_checked(prior, m)
-        except KeyError as exc:
-            raise ValidationError(f"mutations[{i}].step_id", f"unknown step {exc}") from exc
-    return result
+    replay = Replay(states)
+    replay.apply(batch)
+    return replay.result()
+
+
+class Replay:
+    """Logged batches applied in order, without validating (as :func:`replay_batch`), to
+    states that start as ``states``; :meth:`result` is as :func:`replay_batch` of all of
+    them concatenated.
+
+    Rebuilding a workflow from its log is thousands of one-mutation batches, most of them
+    ``PutStepOutput``; applied one state at a time, each copies the whole ``outputs`` dict, a
+    cost quadratic in the number of steps. Here a state's ``outputs`` is copied once, on its
+    first change, and the copy is then extended in place: it belongs to this replay alone
+    until :meth:`result` hands it out. States given or returned are never changed.
+    """
+
+    def __init__(self, states: Mapping[str, WorkflowState | None]) -> None:
+        self._states = states
+        self._result: dict[str, WorkflowState | None] = {}
+        self._owned: dict[str, dict[str, tuple[StepOutput, ...]]] = {}  # outputs built here
+
+    def apply(self, batch: Sequence[Mutation]) -> None:
+        """Apply ``batch`` (errors as :func:`replay_batch`, with indexes within ``batch``;
+        after one, this replay must not be used further)."""
+        result, owned = self._result, self._owned
+        for i, m in enumerate(batch):
+            workflow_id = m.workflow_id
+            prior = result[workflow_id] if workflow_id in result else self._states.get(workflow_id)
+            if prior is None and not isinstance(m, CreateWorkflow):
+                raise NotFoundError(f"mutations[{i}].workflow_id: no workflow {workflow_id!r}")
+            mine = owned.get(workflow_id)
+            if type(m) is PutStepOutput and prior is not None and prior.outputs is mine:
+                result[workflow_id] = _put_output_in_place(prior, m, mine)
+                continue
+            try:
+                state = result[workflow_id] = _apply_checked(prior, m)
+            except KeyError as exc:
+                raise ValidationError(f"mutations[{i}].step_id", f"unknown step {exc}") from exc
+            if (
+                state is not None
+                and prior is not None
+                and state.outputs is not prior.outputs
+                and not isinstance(m, ReplaceState)
+            ):  # a copy _append_output made: this replay's own
+                owned[workflow_id] = state.outputs
+            elif state is None or state.outputs is not mine:
+                owned.pop(workflow_id, None)
+
+    def result(self) -> dict[str, WorkflowState | None]:
+        """The final state of every workflow the batches named (None: absent or deleted),
+        keyed by id. The states are handed out: later batches copy their outputs again."""
+        self._owned.clear()
+        return dict(self._result)
+
+
+def _put_output_in_place(
+    state: WorkflowState, n: PutStepOutput, outputs: dict[str, tuple[StepOutput, ...]]
+) -> WorkflowState:
+    """:func:`_apply_checked` of ``PutStepOutput`` ``n`` extending ``outputs`` (which is
+    ``state.outputs`` and owned by the caller's replay) in place of a copy."""
+    versions = outputs.get(n.step_id, ())
+    version = versions[-1].version + 1 if versions else 1
+    outputs[n.step_id] = (
+        *versions,
+        StepOutput(
+            step_id=n.step_id, version=version, agent_id=n.agent_id, data=n.data, created_at=n.at
+        ),
+    )
+    metadata = replace(state.metadata, version=state.metadata.version + 1, updated_at=n.at)
+    return replace(state, metadata=metadata)
 
 
 def _check_type(m: object, field: str) -> None:
