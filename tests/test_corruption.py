@@ -37,7 +37,7 @@ from tests.bytesutil import (
     write_bytes,
 )
 from wfstate.errors import CorruptionError, FormatVersionError, TornWriteError, WfstateError
-from wfstate.format import FORMAT_VERSION
+from wfstate.format import FORMAT_VERSION, LOCK_FILE
 from wfstate.fs import OS_FS
 from wfstate.wal import Compression, Log, LogDamage, LogScan, Record, RecoveryMode
 
@@ -59,9 +59,25 @@ def write_log(
     segment_size: int = 4096,
     compression: Compression | None = None,
 ) -> None:
+    """Write ``payloads``, then reboot: ``LOCK`` loses its durability hint (never synced, so
+    any crash may lose it), so the damage a test does is judged by the log alone. The hint's
+    own check (a log ending before the durable LSN it names) is tested at the end."""
     with Log.open(str(wal), segment_size=segment_size, compression=compression, epoch=epoch) as log:
         for p in payloads:
             log.append(p)
+    forget_hint(wal)
+
+
+def log_files_snapshot(wal: Path) -> dict[str, bytes]:
+    """The log's files (``LOCK`` left out: every successful open rewrites its hint)."""
+    files = snapshot(wal)
+    files.pop(LOCK_FILE, None)
+    return files
+
+
+def forget_hint(wal: Path) -> None:
+    """What a reboot may do to ``LOCK``: its unsynced durability hint is gone."""
+    (wal / LOCK_FILE).write_bytes(b"")
 
 
 def open_read(
@@ -132,12 +148,12 @@ def test_truncated_trailing_record_is_ignored(tmp_path: Path, where: str) -> Non
     assert os.path.getsize(seg) == last.offset
 
     # recovering again gives the same log and changes nothing more
-    after = snapshot(wal)
+    after = log_files_snapshot(wal)
     for _ in range(2):
         again, damage_again = open_read(wal)
         assert again == records
         assert damage_again == []
-        assert snapshot(wal) == after
+        assert log_files_snapshot(wal) == after
     append_and_reread(wal, SIX[:-1], b"after the cut")
 
 
@@ -178,7 +194,7 @@ def test_checksum_mismatch_reported_with_file_and_offset(tmp_path: Path, segment
     assert all(s.flags & FLAG_AFTER_SYNC for s in spans)
     target = spans[1]
     flip_bit(seg, 8 * (target.offset + 32 + 100) + 3)  # a payload byte of the 2nd record
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
 
     with pytest.raises(CorruptionError) as raised:
         open_read(wal)
@@ -189,7 +205,9 @@ def test_checksum_mismatch_reported_with_file_and_offset(tmp_path: Path, segment
     with pytest.raises(CorruptionError) as scanned:
         scan(wal)
     assert (scanned.value.path, scanned.value.offset) == (seg, target.offset)
-    assert snapshot(wal) == before  # nothing on disk changed, no evidence file, no truncation
+    assert (
+        log_files_snapshot(wal) == before
+    )  # nothing on disk changed, no evidence file, no truncation
 
 
 # -- §3: the checksum chain ties a record to its place in its store ---------------------------
@@ -321,6 +339,7 @@ def test_every_single_bit_flip_in_a_segment_is_detected(tmp_path: Path) -> None:
             flip_bit(seg, bit)
             where = f"{os.path.basename(seg)} bit {bit} (byte {bit // 8})"
             outcome: str
+            forget_hint(wal)  # each flip judged by the log alone (the open before rewrote it)
             try:
                 log = Log.open(str(wal))
             except WfstateError as exc:
@@ -449,13 +468,13 @@ def test_truncation_of_a_segment_that_is_not_the_last_is_corruption(
         "at_record": spans[2].offset,
     }[cut]
     truncate_at(seg1, size)
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
     with pytest.raises(CorruptionError) as raised:
         open_read(wal)
     assert not isinstance(raised.value, TornWriteError)
     # found in segment 1 itself, or at segment 2 whose header no longer continues the chain
     assert raised.value.path in (seg1, seg2)
-    assert snapshot(wal) == before
+    assert log_files_snapshot(wal) == before
 
 
 # -- §6 recovery modes ------------------------------------------------------------------------
@@ -465,11 +484,11 @@ def test_absolute_mode_refuses_a_torn_tail_and_changes_nothing(tmp_path: Path) -
     (seg,) = segment_paths(wal)
     last = spans_of(seg)[-1]
     truncate_at(seg, last.offset + 40)
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
     with pytest.raises(TornWriteError) as raised:
         open_read(wal, "absolute")
     assert (raised.value.path, raised.value.offset) == (seg, last.offset)
-    assert snapshot(wal) == before
+    assert log_files_snapshot(wal) == before
     # the same log opens in the default mode, cutting the tail
     records, _ = open_read(wal)
     assert payloads_of(records) == SIX[:-1]
@@ -482,10 +501,10 @@ def test_absolute_mode_refuses_a_torn_segment_creation_and_changes_nothing(
     write_log(wal, [noise(700, i) for i in range(8)])
     seg2 = segment_paths(wal)[1]
     write_bytes(seg2, read_bytes(seg2)[:30])
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
     with pytest.raises(TornWriteError):
         open_read(wal, "absolute")
-    assert snapshot(wal) == before
+    assert log_files_snapshot(wal) == before
 
 
 def test_absolute_mode_raises_on_corruption_and_changes_nothing(tmp_path: Path) -> None:
@@ -494,12 +513,12 @@ def test_absolute_mode_raises_on_corruption_and_changes_nothing(tmp_path: Path) 
     (seg,) = segment_paths(wal)
     target = spans_of(seg)[2]
     flip_bit(seg, 8 * (target.offset + 40))
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
     with pytest.raises(CorruptionError) as raised:
         open_read(wal, "absolute")
     assert not isinstance(raised.value, TornWriteError)
     assert raised.value.offset == target.offset
-    assert snapshot(wal) == before
+    assert log_files_snapshot(wal) == before
 
 
 def test_point_in_time_ends_the_log_at_corruption_and_quarantines_later_segments(
@@ -532,13 +551,13 @@ def test_point_in_time_ends_the_log_at_corruption_and_quarantines_later_segments
     assert read_bytes(segs[0])[: target.offset] == damaged[: target.offset]
 
     expected = [*payloads[:2], b"new 3", b"new 4"]
-    after = snapshot(wal)
+    after = log_files_snapshot(wal)
     for mode in ("point_in_time", "tolerate_torn_tail"):
         records, damage = open_read(wal, mode)
         assert payloads_of(records) == expected
         assert lsns_of(records) == [1, 2, 3, 4]
         assert damage == []
-        assert snapshot(wal) == after
+        assert log_files_snapshot(wal) == after
 
 
 @pytest.mark.parametrize("segment", ["last", "earlier"])
@@ -551,7 +570,7 @@ def test_skip_corrupted_skips_a_damaged_middle_record(tmp_path: Path, segment: s
     spans = spans_of(seg)
     target = spans[1]
     flip_bit(seg, 8 * (target.offset + 32 + 5))
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
     seen: list[LogDamage] = []
 
     with Log.open(str(wal), mode="skip_corrupted", on_damage=seen.append) as log:
@@ -627,11 +646,11 @@ def test_tolerate_torn_tail_raises_on_mid_log_corruption(tmp_path: Path) -> None
     (seg,) = segment_paths(wal)
     target = spans_of(seg)[3]
     flip_bit(seg, 8 * target.offset)  # the checksum field itself
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
     with pytest.raises(CorruptionError) as raised:
         open_read(wal)
     assert (raised.value.path, raised.value.offset) == (seg, target.offset)
-    assert snapshot(wal) == before
+    assert log_files_snapshot(wal) == before
 
 
 # -- §4 torn segment creation -----------------------------------------------------------------
@@ -684,11 +703,11 @@ def test_invalid_last_segment_header_with_data_after_it_is_corruption(tmp_path: 
     write_log(wal, [noise(700, i) for i in range(8)])
     seg2 = segment_paths(wal)[1]
     flip_bit(seg2, 8 * 20)  # the epoch field: header checksum fails, records follow
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
     with pytest.raises(CorruptionError) as raised:
         open_read(wal)
     assert raised.value.path == seg2
-    assert snapshot(wal) == before
+    assert log_files_snapshot(wal) == before
 
 
 # -- §7 versions ------------------------------------------------------------------------------
@@ -700,14 +719,14 @@ def test_newer_format_version_is_refused(tmp_path: Path, segment: str) -> None:
     data = bytearray(read_bytes(seg))
     struct.pack_into("<H", data, 8, FORMAT_VERSION + 1)
     write_bytes(seg, reseal_header(bytes(data)))
-    before = snapshot(wal)
+    before = log_files_snapshot(wal)
     with pytest.raises(FormatVersionError) as raised:
         open_read(wal)
     found = (raised.value.path, raised.value.found, raised.value.supported)
     assert found == (seg, FORMAT_VERSION + 1, FORMAT_VERSION)
     with pytest.raises(FormatVersionError):
         scan(wal)
-    assert snapshot(wal) == before
+    assert log_files_snapshot(wal) == before
 
 
 # ===========================================================================================
@@ -729,7 +748,7 @@ def check_point_in_time_ended_after_segment_1(
     records, damage = open_read(wal, "point_in_time")
     assert payloads_of(records) == payloads[:in_seg1]
     assert any(d.kind == "corruption" for d in damage)
-    kept = set(snapshot(wal).values())
+    kept = set(log_files_snapshot(wal).values())
     assert all(content in kept for name, content in originals.items() if name != segs[0])
     append_and_reread(wal, payloads[:in_seg1], b"continues")
 
@@ -882,7 +901,7 @@ def test_second_cut_at_the_same_offset_keeps_the_first_evidence(tmp_path: Path) 
     open_read(wal)
     overwrite(seg, end, b"\x02" * 40)  # the next append torn at the same place
     open_read(wal)
-    kept = b"".join(snapshot(wal).values())
+    kept = b"".join(log_files_snapshot(wal).values())
     assert b"\x02" * 40 in kept  # this part holds
     assert b"\x01" * 40 in kept
 

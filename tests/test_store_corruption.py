@@ -23,6 +23,7 @@ from tests.storecorruption import (
     CorruptionRun,
     build_store,
     classify,
+    clean_cuts_without_hint,
     clean_end_cuts,
     cut_offsets,
     disk_with,
@@ -107,11 +108,12 @@ def test_sampled_damage_to_every_file_is_detected_or_recovered(
             assert tally.verdicts == {"recovered": tally.bits + tally.cuts}, table(sampled)
         else:  # every file the store reads: each flip and cut is seen
             assert tally.verdicts["detected"] > 0.98 * (tally.bits + tally.cuts), table(sampled)
-    # the known limit is exactly the clean cuts the sample makes of the last segment
+    # the clean cuts the sample makes of the last segment are each detected (the hint)
     (last,) = paths_of(built, KINDS[1])
     size = len(built.files[last])
     sampled_clean = clean_end_cuts(built.files[last]) & set(cut_offsets(size, heads[last]))
     assert sampled.tallies[KINDS[1]].clean_end_cuts == len(sampled_clean) >= 1
+    assert sampled.tallies[KINDS[1]].clean_end_cuts_detected == len(sampled_clean)
 
 
 def test_a_valid_state_file_with_another_state_is_silently_wrong(built: BuiltStore) -> None:
@@ -143,20 +145,23 @@ def test_an_exception_outside_the_error_tree_is_a_defect(
     assert case.why.startswith("session file se-") and "KeyError" in case.why
 
 
-def test_last_segment_cut_at_a_record_boundary_is_a_clean_end_the_store_cannot_see(
+def test_last_segment_cut_at_a_record_boundary_is_detected_by_the_durability_hint(
     built: BuiltStore,
 ) -> None:
-    """Format §3.1: a segment cut where a record ends reads as a log that was never longer;
-    under the default recovery the acknowledged batches after the cut are gone and nothing
-    reports it. The runs count these cases apart and fail on any other silently wrong one."""
+    """Format §3.1: a segment cut where a record ends reads as a log that was never longer.
+    The durability hint names the last durable LSN (format §8.1), so the default recovery
+    refuses the store; once a reboot took the hint, nothing can see the cut (the documented
+    limit, docs/guarantees.md)."""
     (last,) = paths_of(built, KINDS[1])
     data = built.files[last]
     for size in sorted(clean_end_cuts(data)):
         case = classify(built, {**built.files, last: data[:size]})
-        assert case.verdict == "silently wrong", (size, case)
-    before_end = max(clean_end_cuts(data)) + 8  # inside the last record: a reported torn tail
+        assert case.verdict == "detected", (size, case)
+        assert case.why.startswith("open: ") and "durable records are missing" in case.why
+    assert clean_cuts_without_hint(built) == {"silently wrong": len(clean_end_cuts(data))}
+    before_end = max(clean_end_cuts(data)) + 8  # inside the last record: durable, so refused
     case = classify(built, {**built.files, last: data[:before_end]})
-    assert case.verdict == "detected" and case.why.startswith("log damage: "), case
+    assert case.verdict == "detected" and "durable records are missing" in case.why, case
 
 
 def test_a_session_record_file_is_only_checked_by_its_reader(built: BuiltStore) -> None:

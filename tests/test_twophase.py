@@ -547,18 +547,27 @@ def test_a_failure_while_finishing_poisons_the_store_and_reopening_rolls_forward
 
 def test_a_failed_sync_of_the_decision_poisons_the_log_and_keeps_the_temp_files() -> None:
     """Whether the TXN record is durable is unknown after a failed sync: the temp files stay
-    (removing them would break a transaction that did happen); reopening decides by the log."""
+    (removing them would break a transaction that did happen). The poisoned writer marks the
+    LOCK hint (format §8.1), so the reopen in the same boot cuts the record the page cache
+    still shows instead of building on it: the transaction did not happen, and its temp files
+    stay while their writer lives (a later open of another process deletes them)."""
     fs = SimFileSystem()
     populated(SIM, fs)
     store = open_store(SIM, fs)
     fs.inject("fdatasync", 1)
     with pytest.raises(StorePoisonedError):
         store.write_state_files()
-    assert len(temps(fs, SIM)) == 2
+    prepared = temps(fs, SIM)
+    assert len(prepared) == 2
     store.close()
-    with open_store(SIM, fs) as reopened:  # the record was written, not synced: it is there
-        assert temps(fs, SIM) == []
-        assert same_state(reopened.read_state_file("a"), reopened.load("a"))
+    with open_store(SIM, fs) as reopened:
+        (cut,) = reopened.open_report.log_damage
+        assert cut.kind == "torn_tail"
+        assert "sync that failed" in cut.reason
+        assert reopened.open_report.rolled_forward == ()
+        assert temps(fs, SIM) == prepared
+        with pytest.raises(NotFoundError):
+            reopened.read_state_file("a")
 
 
 # -- roll forward ------------------------------------------------------------------------------

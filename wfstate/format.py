@@ -52,26 +52,46 @@ RECORD_SESSION: Final = 7
 # -- the durability hint in LOCK (docs/format.md §8.1) -----------------------------------------
 LOCK_FILE: Final = "LOCK"
 HINT_MAGIC: Final = b"WFSHINT1"
+HINT_POISONED_MAGIC: Final = b"WFSHINTP"
 HINT = struct.Struct("<8sQQQ")
 HINT_SIZE: Final = 32
 assert HINT.size == HINT_SIZE
 HINT_CHECKED: Final = 24  # check covers bytes 0..23
 
 
-def pack_hint(epoch: int, durable_lsn: int) -> bytes:
-    """The durability hint saying every record up to ``durable_lsn`` of ``epoch`` is synced."""
-    head = HINT.pack(HINT_MAGIC, epoch, durable_lsn, 0)[:HINT_CHECKED]
+class DurabilityHint(NamedTuple):
+    """An intact hint of the right epoch: every record up to ``durable_lsn`` is durable;
+    ``poisoned``: a sync failed after it, so later records are not to be trusted (§8.1)."""
+
+    durable_lsn: int
+    poisoned: bool
+
+
+def pack_hint(epoch: int, durable_lsn: int, *, poisoned: bool = False) -> bytes:
+    """The durability hint saying every record up to ``durable_lsn`` of ``epoch`` is synced
+    (``poisoned``: and that a sync of later records failed)."""
+    magic = HINT_POISONED_MAGIC if poisoned else HINT_MAGIC
+    head = HINT.pack(magic, epoch, durable_lsn, 0)[:HINT_CHECKED]
     return head + xxh3(head).to_bytes(8, "little")
 
 
-def unpack_hint(buf: bytes, epoch: int) -> int | None:
-    """The durable LSN a hint names for ``epoch``; None if it is absent, damaged or foreign."""
+def read_hint(buf: bytes, epoch: int) -> DurabilityHint | None:
+    """The hint in ``buf`` for ``epoch``; None if it is absent, damaged or foreign."""
     if len(buf) < HINT_SIZE:
         return None
     magic, hint_epoch, durable_lsn, check = HINT.unpack_from(buf, 0)
-    if magic != HINT_MAGIC or check != xxh3(buf[:HINT_CHECKED]) or hint_epoch != epoch:
+    if magic not in (HINT_MAGIC, HINT_POISONED_MAGIC):
         return None
-    return int(durable_lsn)
+    if check != xxh3(buf[:HINT_CHECKED]) or hint_epoch != epoch:
+        return None
+    return DurabilityHint(int(durable_lsn), magic == HINT_POISONED_MAGIC)
+
+
+def unpack_hint(buf: bytes, epoch: int) -> int | None:
+    """The durable LSN a hint names for ``epoch`` (poisoned or not); None if it is absent,
+    damaged or foreign."""
+    hint = read_hint(buf, epoch)
+    return None if hint is None else hint.durable_lsn
 
 
 # -- the log start, wal/START (docs/format.md §2.2) -------------------------------------------

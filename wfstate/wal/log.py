@@ -66,6 +66,7 @@ from wfstate.format import (
     frame_record,
     pack_hint,
     pad8,
+    read_hint,
     segment_name,
     unpack_hint,
 )
@@ -127,6 +128,7 @@ class Log:
         self._flushing = False
         self._closed = False
         self._poison: BaseException | None = None
+        self._sync_failed = False
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
         self._payload_bytes = 0  # of the records this handle queued: before compression
@@ -231,7 +233,12 @@ class Log:
             self._acquire_file_lock()
         try:
             recovered = recover(
-                fs, self._dir, mode=self._mode, on_damage=self._on_damage, epoch=epoch
+                fs,
+                self._dir,
+                mode=self._mode,
+                on_damage=self._on_damage,
+                epoch=epoch,
+                hint=fs.read_lock_data(self._lock, HINT_SIZE),
             )
             self.recovery = recovered.damage
             self._start = recovered.start
@@ -448,6 +455,7 @@ class Log:
         if not self._acquire_file_lock():
             return  # another thread of this handle holds the tenure
         try:
+            self._refuse_poisoned_hint()
             self._catch_up(repair=True)
         except BaseException as exc:
             self._fs.unlock(self._lock)
@@ -456,6 +464,17 @@ class Log:
             raise
         self._tenure = True
         self._tenure_since = time.monotonic()
+
+    def _refuse_poisoned_hint(self) -> None:
+        """Stop (lock held) when the hint says another writer's sync failed: the records after
+        its durable LSN may never reach the disk, and appending after them would make this
+        handle's acknowledged records depend on them. Reopening cuts them (format §8.1)."""
+        hint = read_hint(self._fs.read_lock_data(self._lock, HINT_SIZE), self.epoch)
+        if hint is not None and hint.poisoned:
+            raise StorePoisonedError(
+                f"log {self._dir}: a sync of the records after LSN {hint.durable_lsn} failed "
+                "in another handle (poisoned LOCK hint); reopen the log to recover"
+            )
 
     def _acquire_file_lock(self) -> bool:
         """Lock the file for this handle (True), or find the tenure held by another of its
@@ -626,12 +645,29 @@ class Log:
             self._flushing = False
         if error is not None:
             self._poison = error
+            self._leave_poisoned_hint()
             self._give_up_tenure()
         else:
             self._written_lsn = max(self._written_lsn, target)
             self._durable_lsn = max(self._durable_lsn, target)
             self._release_if_idle()
         self._cond.notify_all()
+
+    def _leave_poisoned_hint(self) -> None:
+        """After a failed sync, mark the hint poisoned at the highest LSN known durable (lock
+        held), so that the next holder does not build on the records the sync did not cover
+        and recovery cuts them (docs/format.md §8.1). Best effort: the log is stopped already,
+        and a failure here leaves the plain hint (the gap ``docs/guarantees.md`` states)."""
+        if not (self._tenure and self._sync_failed):
+            return
+        try:
+            durable = self._durable_lsn
+            found = unpack_hint(self._fs.read_lock_data(self._lock, HINT_SIZE), self.epoch)
+            if found is not None:
+                durable = max(durable, found)
+            self._fs.write_lock_data(self._lock, pack_hint(self.epoch, durable, poisoned=True))
+        except OSError:
+            _LOGGER.exception("log %s: could not mark the durability hint poisoned", self._dir)
 
     def _give_up_tenure(self) -> None:
         """Release the writers' lock after this handle stopped (its successor repairs)."""
@@ -653,6 +689,7 @@ class Log:
                 self._fs.write_lock_data(self._lock, pack_hint(self.epoch, self._written_lsn))
         except BaseException as exc:
             self._poison = exc
+            self._leave_poisoned_hint()
             self._give_up_tenure()
             self._check_usable()  # raises StorePoisonedError, chained to exc
             raise
@@ -740,11 +777,14 @@ class Log:
     def _fdatasync(self, fd: int) -> None:
         """fdatasync ``fd``, timed for the sync observer (:meth:`set_sync_observer`)."""
         observer = self._on_sync
-        if observer is None:
-            self._fs.fdatasync(fd)
-            return
         started = time.perf_counter()
-        self._fs.fdatasync(fd)
+        try:
+            self._fs.fdatasync(fd)
+        except BaseException:
+            self._sync_failed = True  # never retried: the log is poisoned by the caller
+            raise
+        if observer is None:
+            return
         elapsed = time.perf_counter() - started
         try:
             observer(elapsed)

@@ -222,9 +222,14 @@ class LogScan:
                 continue
             yield Record(h.lsn, h.type, payload)
 
-    def headers(self) -> Iterator[tuple[SegmentFile, int, RecordHeader]]:
-        """``(segment, offset, header)`` of each valid record, without decoding payloads."""
-        for seg, _buf, offset, h, _seed in self._scan():
+    def headers(
+        self, *, located: LocatedCallback | None = None
+    ) -> Iterator[tuple[SegmentFile, int, RecordHeader]]:
+        """``(segment, offset, header)`` of each valid record, without decoding payloads
+        (``located`` as for :meth:`records`)."""
+        for seg, _buf, offset, h, seed in self._scan():
+            if located is not None:
+                located(seg, h.lsn, offset, h.size, seed)
             yield seg, offset, h
 
     def _corrupt(self, seg: SegmentFile, offset: int, length: int, reason: str) -> None:

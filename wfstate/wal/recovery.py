@@ -25,11 +25,13 @@ from wfstate.errors import CorruptionError, TornWriteError
 from wfstate.format import (
     QUARANTINE_DIR,
     SEGMENT_HEADER_SIZE,
+    DurabilityHint,
     LogStart,
     SegmentHeader,
     broken_name,
     genesis_checksum,
     pack_segment_header,
+    read_hint,
     segment_name,
 )
 from wfstate.fs import FileSystem, atomic_write, make_dirs
@@ -92,6 +94,7 @@ def recover(
     mode: RecoveryMode,
     on_damage: DamageCallback | None,
     epoch: int | None,
+    hint: bytes = b"",
 ) -> Recovered:
     """Find the end of the log in ``wal_dir`` under ``mode`` and repair it for appending.
 
@@ -105,6 +108,13 @@ def recover(
     When the salvage modes leave nothing readable, the log is begun again empty: at segment 1
     and LSN 1 when there is no START, else at START's segment, first LSN and chain seed (the
     anchor still stands for everything before it, and no discarded segment can come back).
+
+    ``hint`` is what ``LOCK`` held before anything was repaired (docs/format.md §8.1). An intact
+    hint of the log's epoch is checked: when it is poisoned, the records after its durable LSN
+    are cut from the last segment as a torn tail (a sync of them failed: the page cache may
+    show them while the disk never will); when the log ends before its durable LSN, durable
+    records are missing, which is corruption (raised in ``tolerate_torn_tail`` and
+    ``absolute`` before anything more is changed, reported in the salvage modes).
     """
     make_dirs(fs, wal_dir)
     damage: list[LogDamage] = []
@@ -152,11 +162,33 @@ def recover(
         epoch=store,
         last_may_be_torn=not set_aside_torn_creation,
     )
+    hinted = read_hint(hint, store) if store is not None else None
+    untrusted: list[TailPosition] = []  # where the records after a poisoned hint begin
+
+    def locate(seg: SegmentFile, lsn: int, offset: int, _size: int, seed: int) -> None:
+        if (
+            hinted is not None
+            and hinted.poisoned
+            and not untrusted
+            and lsn > hinted.durable_lsn
+            and seg.seq == segments[-1].seq
+            and store is not None
+        ):
+            untrusted.append(TailPosition(seg, offset, seed, lsn, store))
+
     # The salvage modes decode every payload, so that a record that verifies but does not
     # decompress is judged by the mode too; the default mode only needs the chain.
-    for _ in scan.headers() if mode == "tolerate_torn_tail" else scan.records():
-        pass
-    tail = scan.tail
+    if mode == "tolerate_torn_tail":
+        for _ in scan.headers(located=locate):
+            pass
+    else:
+        for _ in scan.records(located=locate):
+            pass
+    tail = _trusted_tail(scan.tail, untrusted, hinted, report)
+    if hinted is not None:
+        _check_durable_end(
+            wal_dir, mode, tail, start, durable_lsn=hinted.durable_lsn, report=report
+        )
     keep = [s for s in segments if tail is not None and s.seq <= tail.segment.seq]
     later = segments[len(keep) :]
     if later:
@@ -190,6 +222,57 @@ def recover(
         tail = TailPosition(seg, SEGMENT_HEADER_SIZE, tail.seed, tail.next_lsn, tail.epoch)
     delete_segments(fs, wal_dir, leftovers)
     return Recovered(tail, damage, start)
+
+
+def _trusted_tail(
+    tail: TailPosition | None,
+    untrusted: list[TailPosition],
+    hinted: DurabilityHint | None,
+    report: DamageCallback,
+) -> TailPosition | None:
+    """``tail``, or where the records written before a failed sync begin (poisoned hint)."""
+    if not untrusted or tail is None or hinted is None:
+        return tail
+    cut = untrusted[0]
+    if tail.segment != cut.segment or tail.offset <= cut.offset:
+        return tail
+    report(
+        LogDamage(
+            "torn_tail",
+            cut.segment.path,
+            cut.offset,
+            tail.offset - cut.offset,
+            f"LSNs {cut.next_lsn}..{tail.next_lsn - 1} were written before a sync that failed "
+            f"(poisoned LOCK hint at LSN {hinted.durable_lsn}); they may never reach the disk",
+        )
+    )
+    return cut
+
+
+def _check_durable_end(
+    wal_dir: str,
+    mode: RecoveryMode,
+    tail: TailPosition | None,
+    start: LogStart | None,
+    *,
+    durable_lsn: int,
+    report: DamageCallback,
+) -> None:
+    """Durable records are missing when the log ends before the hint's ``durable_lsn``:
+    corruption, raised unless ``mode`` salvages (docs/format.md §8.1)."""
+    if tail is not None:
+        ends_at, where, offset = tail.next_lsn - 1, tail.segment.path, tail.offset
+    else:
+        ends_at, where, offset = (start.first_lsn - 1 if start is not None else 0), wal_dir, 0
+    if ends_at >= durable_lsn:
+        return
+    reason = (
+        f"the log ends at LSN {ends_at} but every record up to LSN {durable_lsn} was durable "
+        "(LOCK hint, format §8.1): durable records are missing"
+    )
+    report(LogDamage("corruption", where, offset, 0, reason))
+    if mode in ("tolerate_torn_tail", "absolute"):
+        raise CorruptionError(where, offset, reason)
 
 
 def delete_segments(fs: FileSystem, wal_dir: str, segments: list[SegmentFile]) -> None:
