@@ -154,7 +154,8 @@ def document(results: report.Results, run: str, plot_name: str) -> list[str]:
             "row per mutation; JSON the whole state rewritten); load, a fresh handle opened and "
             "the workflow loaded (SQLite: the state as one JSON blob); recovery, "
             "`LocalStore.open` of a log-only store (no checkpoint) whose log holds N "
-            "step-output records over 100 workflows, then `load` of its first workflow "
+            "step-output records over N / 1,000 workflows of 1,000 steps, then `load` of its "
+            "first workflow (1,000 records to replay at every N) "
             "(JSON: reading and decoding that workflow's file).",
             "",
         ]
