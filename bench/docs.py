@@ -105,6 +105,9 @@ def document(results: report.Results, run: str, plot_name: str) -> list[str]:
         out += [f"- **not measured** {g}" for g in gaps]
     else:
         out.append("- every seed target met")
+    out += ["", "wfstate's own targets missed (reported, not gated):", ""]
+    out += [f"- {m}" for m in report.target_misses(results)] or ["- none"]
+    out += [f"- {line}" for line in report.log_target_lines(results) if "MISSED" in line]
     out.append("")
     if results.p1_p50_s or results.p2_commits_per_s:
         out += [

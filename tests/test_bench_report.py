@@ -136,3 +136,4 @@ def test_bounds_that_look_for_more() -> None:
     assert above.met(60.1) and not above.met(60.0)
     assert above.describe("%", None) == "> 60 %"
     assert at_least.shortfall(42.0, "%") == "-28.0 % (0.60x the limit)"
+    assert report.Bound(0.5, relative=True).shortfall(2.0, "ms") == "(4.00x the limit)"
