@@ -38,9 +38,12 @@ What is checked:
   by then may have dropped it, no acknowledged drop may come back, and the log may not start
   before the last acknowledged compaction's anchor. The machine continues on that store.
 * **A reopen** (clean close, open on the same disk) is a crash state with nothing lost: the
-  same checks at the end of the trace. A poisoned store is only continued through a crash (a
-  reboot): reopening it in the same boot would read back pages a failed fsync may have lost
-  (fsyncgate), which the simulator models as never durable and no store can tell apart.
+  same checks at the end of the trace. A store poisoned by a failed fdatasync of the log is
+  reopened too, in the same boot: the page cache still shows what the failed sync may have
+  lost (fsyncgate, which the simulator models as never durable); the poisoned ``LOCK`` hint
+  (format §8.1) makes the reopen cut those records, so later crashes find every acknowledged
+  operation. A store poisoned by another failed sync (a directory's, a checkpoint file's) is
+  continued only through a crash (a reboot): nothing marks what that sync may have lost.
 
 :func:`run_machine` runs it with given settings and returns the figures;
 :func:`reliability_section` is the thorough run for ``docs/reliability.md``.
@@ -128,6 +131,7 @@ FIGURE_ORDER: Final = (
     "stores poisoned",
     "crashes recovered",
     "reopens",
+    "poisoned stores reopened in the same boot",
     "acknowledged operations checked after a crash or reopen",
     "in-flight operations found applied after recovery",
     "in-flight operations found absent after recovery",
@@ -537,6 +541,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.store: LocalStore | None = open_store(self.fs)
         self.entries: list[Entry] = [Entry({}, {}, {}, 0, 0, 0)]
         self.poisoned = False
+        # crashes land at or after this trace position: a poisoned store reopened in the same
+        # boot cut operations the model then forgets, which an earlier crash point may show
+        self.crash_floor = 0
         self.owned: dict[str, Session] = {}
         # checkpoints: id -> trace position once acknowledged (seen in the index after a call)
         self.known: dict[str, int] = {}
@@ -883,9 +890,10 @@ class StoreMachine(RuleBasedStateMachine):
         """Crash after a drawn number of the trace's operations (often the last, or during
         the last operation) into a crash state of a drawn kind, and recover."""
         top = self.sim.op_count
-        recent = min(self.last.start, top)
+        recent = max(min(self.last.start, top), self.crash_floor)
         at = data.draw(
-            st.one_of(st.just(top), st.integers(recent, top), st.integers(0, top)), label="at"
+            st.one_of(st.just(top), st.integers(recent, top), st.integers(self.crash_floor, top)),
+            label="at",
         )
         by_kind: dict[str, list[tuple[str, SimFileSystem]]] = {}
         for label, disk in self.sim.crash_states(at):
@@ -896,7 +904,18 @@ class StoreMachine(RuleBasedStateMachine):
         self.figures.add(f"crash states: {kind}")
         self._recover(disk, at, f"crash at op {at} ({label})")
 
-    @precondition(lambda self: self.usable and not self.poisoned)
+    def poison_is_marked(self) -> bool:
+        """Whether every failure this store hit is one the poisoned ``LOCK`` hint covers: a
+        failed fdatasync of a log segment (format §8.1), or a failed write (no sync failed:
+        what the page cache shows will reach the disk). A failed sync of a directory or of
+        another file is not covered: a reopen in the same boot would trust entries the disk
+        may never get (docs/guarantees.md), so such a store goes on only through a crash."""
+        return all(
+            op == "write" or (op == "fdatasync" and f"/{WAL_DIR}/" in path)
+            for op, path in self.fs.failures
+        )
+
+    @precondition(lambda self: self.usable and (not self.poisoned or self.poison_is_marked()))
     @rule()
     def reopen(self) -> None:
         """Close and open again on the same disk (the trace goes on: what was acknowledged
@@ -908,6 +927,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert session.closed
         self._new_failures()
         self.figures.add("reopens")
+        was_poisoned = self.poisoned
         self.figures.add("segments rotated", self.fs.segments_created)
         fs = WatchedFS(self.sim, drop_fdatasync=self.drop_fdatasync)
         try:
@@ -919,10 +939,15 @@ class StoreMachine(RuleBasedStateMachine):
             self.figures.add(f"reopens failing under a fault: {type(exc).__name__}")
             self.store = None
             return
-        self._check_recovered(store, fs, self.sim.op_count, "reopen")
+        # a poisoned store's operation in flight may be cut by the reopen (format §8.1)
+        self.entries = self._check_recovered(store, fs, self.sim.op_count, "reopen")
+        if was_poisoned:
+            self.figures.add("poisoned stores reopened in the same boot")
+            self.crash_floor = self.sim.op_count
         self.store, self.fs = store, fs
         self.failures_seen = 0
         self.owned = {}
+        self.poisoned = False
 
     def _recover(self, disk: SimFileSystem, at: int, where: str) -> None:
         """Open a store on crash state ``disk`` (cut after ``at`` operations of the trace),
@@ -939,6 +964,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.sim, self.fs, self.store = disk, fs, store
         self.failures_seen = 0
         self.poisoned = False
+        self.crash_floor = 0
         self.owned = {}
         self.known = {info.id: 0 for info in store.checkpoints()}
         self.drops_started, self.drops_acked = [], []

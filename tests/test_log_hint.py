@@ -173,19 +173,79 @@ def test_another_handle_stops_at_a_poisoned_hint_and_a_reopen_recovers(tmp_path:
     assert hint_of(wal, epoch) == (5, False)
 
 
-def test_a_poisoned_hint_cuts_only_the_last_segment(tmp_path: Path) -> None:
-    """A segment was synced before its successor was created: a poisoned hint naming an LSN
-    before the last segment (a stale value) cuts only the last segment's records."""
-    wal = tmp_path / "wal"
+def rotated_log(wal: Path) -> tuple[int, list[str], int]:
+    """A log of 8 incompressible records over several 4 KiB segments: its epoch, segment
+    paths and the first LSN of its last segment."""
     with Log.open(str(wal), segment_size=4096) as log:
         for i in range(8):
             log.append(random.Random(i).randbytes(1500))  # incompressible: 2 per segment
         epoch = log.epoch
     segs = segment_paths(wal)
     assert len(segs) >= 3
-    first_of_last = int(os.path.basename(segs[-1]).split("-")[1].split(".")[0], 16)
-    (wal / LOCK_FILE).write_bytes(pack_hint(epoch, 1, poisoned=True))
+    return epoch, segs, int(os.path.basename(segs[-1]).split("-")[1].split(".")[0], 16)
+
+
+def test_a_poisoned_hint_inside_the_last_segment_cuts_only_its_later_records(
+    tmp_path: Path,
+) -> None:
+    wal = tmp_path / "wal"
+    epoch, segs, first_of_last = rotated_log(wal)
+    (wal / LOCK_FILE).write_bytes(pack_hint(epoch, first_of_last, poisoned=True))
+    with Log.open(str(wal), segment_size=4096) as log:
+        assert [r.lsn for r in log.read()] == list(range(1, first_of_last + 1))
+        (cut,) = log.recovery
+        assert (cut.kind, cut.path) == ("torn_tail", segs[-1])
+
+
+def test_a_segment_begun_after_a_poisoned_hint_is_set_aside_whole(tmp_path: Path) -> None:
+    """A rotation syncs the full segment, then creates the next one; when a sync fails after
+    that, even the new segment's header may never reach the disk, so the whole segment is set
+    aside (kept as evidence) and appends go on from its predecessor, which is durable."""
+    wal = tmp_path / "wal"
+    epoch, segs, first_of_last = rotated_log(wal)
+    (wal / LOCK_FILE).write_bytes(pack_hint(epoch, first_of_last - 1, poisoned=True))
     with Log.open(str(wal), segment_size=4096) as log:
         assert [r.lsn for r in log.read()] == list(range(1, first_of_last))
-        (cut,) = log.recovery
-        assert cut.path == segs[-1]
+        (aside,) = log.recovery
+        assert (aside.kind, aside.path, aside.offset) == ("torn_segment", segs[-1], 0)
+        assert log.append(b"next") == first_of_last
+    assert os.path.exists(segs[-1] + ".broken-0")
+    with Log.open(str(wal), segment_size=4096) as log:
+        assert log.recovery == []
+        assert [r.lsn for r in log.read()][-1] == first_of_last
+
+
+def test_the_first_segment_is_never_set_aside_by_a_poisoned_hint(tmp_path: Path) -> None:
+    """Its header was synced when the log was made: only its records after the hint go."""
+    wal = tmp_path / "wal"
+    epoch = written(wal)
+    (wal / LOCK_FILE).write_bytes(pack_hint(epoch, 0, poisoned=True))
+    with Log.open(str(wal)) as log:
+        assert [d.kind for d in log.recovery] == ["torn_tail"]
+        assert log.epoch == epoch
+        assert list(log.read()) == []
+
+
+def test_a_failed_segment_creation_leaves_a_poisoned_hint_and_the_reopen_sets_it_aside() -> None:
+    """The rotation synced the full segment, then the new segment's header sync failed: the
+    page cache shows a valid header the disk may never get. Appending into it in the same boot
+    would put acknowledged records behind a header that vanishes with a power cut."""
+    fs = SimFileSystem()
+    log = Log.open(WAL, fs=fs, segment_size=4096)
+    lsn = 0
+    while len([n for n in fs.listdir(WAL) if n.endswith(".wal")]) == 1:
+        fs.inject("fsync", 1)  # the next file fsync is the new segment's header
+        try:
+            lsn = log.append(random.Random(lsn).randbytes(1500))
+        except StorePoisonedError:
+            break
+    assert log.poisoned
+    log.close()
+    assert sim_hint(fs, log.epoch) == (lsn, True)
+    with Log.open(WAL, fs=fs, segment_size=4096) as reopened:
+        assert [d.kind for d in reopened.recovery] == ["torn_segment"]
+        assert reopened.append(b"acknowledged") == lsn + 1
+        acknowledged_at = fs.op_count
+    for label, disk in fs.crash_states(acknowledged_at):
+        with Log.open(WAL, fs=disk, segment_size=4096) as after:
+            assert [r.lsn for r in after.read()][-1] == lsn + 1, label

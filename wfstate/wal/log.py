@@ -757,7 +757,13 @@ class Log:
         self._durable_lsn = first_lsn - 1
         old_fd = self._fd
         header = SegmentHeader(self.epoch, self._segment.seq + 1, first_lsn, self._seed)
-        self._segment, self._fd = create_segment(self._fs, self._dir, header)
+        try:
+            self._segment, self._fd = create_segment(self._fs, self._dir, header)
+        except BaseException:
+            # the new segment may exist with a header no sync made durable: the poisoned
+            # hint at first_lsn - 1 makes the next open set it aside (format §8.1)
+            self._sync_failed = True
+            raise
         self._fs.close(old_fd)
         self._segment_bytes = SEGMENT_HEADER_SIZE
         self._segment_records = 0

@@ -150,6 +150,24 @@ def recover(
         if start is not None:
             check_start_segment(fs, wal_dir, start)
     store = start.epoch if start is not None else store_epoch(fs, segments)
+    hinted = read_hint(hint, store) if store is not None else None
+    if hinted is not None and hinted.poisoned and _created_after(segments, start, hinted):
+        # Created (or written) after the last durable LSN, before a sync failed: even its
+        # header may never reach the disk. Its predecessor was synced before it began.
+        last = segments.pop()
+        report(
+            LogDamage(
+                "torn_segment",
+                last.path,
+                0,
+                fs.file_size(last.path),
+                f"segment created after LSN {hinted.durable_lsn}, the last durable one, "
+                "before a sync failed (poisoned LOCK hint): it may never reach the disk",
+            )
+        )
+        move_aside(fs, last.path, os.path.join(wal_dir, broken_name(last.name, 0)))
+        fs.fsync_dir(wal_dir)
+        set_aside_torn_creation = True
     from_lsn = segments[-1].first_lsn if mode == "tolerate_torn_tail" and segments else 1
     scan = LogScan(
         fs,
@@ -162,7 +180,6 @@ def recover(
         epoch=store,
         last_may_be_torn=not set_aside_torn_creation,
     )
-    hinted = read_hint(hint, store) if store is not None else None
     untrusted: list[TailPosition] = []  # where the records after a poisoned hint begin
 
     def locate(seg: SegmentFile, lsn: int, offset: int, _size: int, seed: int) -> None:
@@ -222,6 +239,18 @@ def recover(
         tail = TailPosition(seg, SEGMENT_HEADER_SIZE, tail.seed, tail.next_lsn, tail.epoch)
     delete_segments(fs, wal_dir, leftovers)
     return Recovered(tail, damage, start)
+
+
+def _created_after(
+    segments: list[SegmentFile], start: LogStart | None, hinted: DurabilityHint
+) -> bool:
+    """Whether the last segment begins after the hint's durable LSN and may be set aside: not
+    the log's first segment (its header was synced when the log or START was made)."""
+    if not segments:
+        return False
+    first_seq = start.seq if start is not None else 1
+    last = segments[-1]
+    return last.seq > first_seq and last.first_lsn > hinted.durable_lsn
 
 
 def _trusted_tail(
