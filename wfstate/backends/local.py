@@ -108,6 +108,7 @@ from wfstate.ids import validate_id
 from wfstate.model import SCHEMA_VERSION, WorkflowState, state_checksum, validate_json
 from wfstate.mutations import (
     Mutation,
+    Replay,
     SetStepStatus,
     SetWorkflowStatus,
     batch_session,
@@ -115,7 +116,6 @@ from wfstate.mutations import (
     decode_mutations,
     encode_mutations,
     mutation_targets,
-    replay_batch,
 )
 from wfstate.retention import RetentionPlan, RetentionPolicy, plan_retention
 from wfstate.schema import BATCH_UPGRADES, SchemaUpgrades
@@ -510,8 +510,12 @@ class LocalStore(TableStore):
         state: WorkflowState | None,
         entries: Sequence[tuple[int, int]],
     ) -> tuple[WorkflowState, int]:
-        """``state`` with its part of each batch in ``entries`` applied, read by position."""
+        """``state`` with its part of each batch in ``entries`` applied, read by position.
+
+        One :class:`~wfstate.mutations.Replay` across the batches: a workflow rebuilt from
+        thousands of one-output batches copies its outputs once, not once per batch."""
         read = 0
+        replaying = Replay({workflow_id: state} if state else {})
         for lsn, skip in entries:
             if lsn < self._log.first_lsn:
                 raise _LogMovedOn(lsn)
@@ -532,13 +536,16 @@ class LocalStore(TableStore):
             try:
                 mine = [m for m in decode_mutations(payload, upgrades=self._upgrades)
                         if m.workflow_id == workflow_id][skip:]  # fmt: skip
-                state = replay_batch({workflow_id: state} if state else {}, mine)[workflow_id]
+                if mine:
+                    replaying.apply(mine)
             except (ValidationError, NotFoundError, KeyError) as exc:
                 raise CorruptionError(
                     self._log.path,
                     0,
                     f"batch at LSN {lsn} does not apply to {workflow_id!r}: {exc}",
                 ) from exc
+        if entries:
+            state = replaying.result().get(workflow_id, state)
         if state is None:
             raise CorruptionError(
                 self._log.path, 0, f"the batches of {workflow_id!r} leave it deleted"
