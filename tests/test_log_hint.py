@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bytesutil import read_bytes, record_spans, segment_paths, snapshot, truncate_at
+from tests.bytesutil import Span, read_bytes, record_spans, segment_paths, snapshot, truncate_at
 from tests.simfs import SimFileSystem
 from wfstate.errors import CorruptionError, StorePoisonedError
 from wfstate.format import HINT_SIZE, LOCK_FILE, pack_hint, read_hint
@@ -49,15 +49,22 @@ def sim_hint(fs: SimFileSystem, epoch: int) -> tuple[int, bool] | None:
 
 
 # -- durable records missing --------------------------------------------------------------------
+def cut_before_the_last_record(wal: Path) -> tuple[int, str, Span]:
+    """:func:`written`, then its segment cut where LSN 5 ends (a clean end: by the log alone
+    it reads as a shorter log); the epoch, the segment and the record cut off."""
+    epoch = written(wal)
+    (seg,) = segment_paths(wal)
+    last = record_spans(read_bytes(seg))[-1]
+    truncate_at(seg, last.offset)
+    return epoch, seg, last
+
+
 @pytest.mark.parametrize("mode", ["tolerate_torn_tail", "absolute"])
 def test_a_segment_cut_at_a_record_boundary_is_refused_while_the_hint_names_the_lost_records(
     tmp_path: Path, mode: RecoveryMode
 ) -> None:
     wal = tmp_path / "wal"
-    epoch = written(wal)
-    (seg,) = segment_paths(wal)
-    last = record_spans(read_bytes(seg))[-1]
-    truncate_at(seg, last.offset)  # a clean end after LSN 5: reads as a shorter log
+    epoch, seg, last = cut_before_the_last_record(wal)
     before = snapshot(wal)
     with pytest.raises(CorruptionError) as raised:
         Log.open(str(wal), mode=mode)
@@ -72,10 +79,7 @@ def test_the_salvage_modes_report_missing_durable_records_and_go_on(
     tmp_path: Path, mode: RecoveryMode
 ) -> None:
     wal = tmp_path / "wal"
-    epoch = written(wal)
-    (seg,) = segment_paths(wal)
-    last = record_spans(read_bytes(seg))[-1]
-    truncate_at(seg, last.offset)
+    epoch, seg, last = cut_before_the_last_record(wal)
     with Log.open(str(wal), mode=mode) as log:
         assert [(d.kind, d.path, d.offset, d.length) for d in log.recovery] == [
             ("corruption", seg, last.offset, 0)

@@ -514,14 +514,22 @@ class LocalStore(TableStore):
 
         One :class:`~wfstate.mutations.Replay` across the batches: a workflow rebuilt from
         thousands of one-output batches copies its outputs once, not once per batch."""
+        with self._log_io("read"):  # once, not per record: this is the load path
+            return self._replay_entries(workflow_id, state, entries)
+
+    def _replay_entries(
+        self,
+        workflow_id: str,
+        state: WorkflowState | None,
+        entries: Sequence[tuple[int, int]],
+    ) -> tuple[WorkflowState, int]:
         read = 0
         replaying = Replay({workflow_id: state} if state else {})
         for lsn, skip in entries:
             if lsn < self._log.first_lsn:
                 raise _LogMovedOn(lsn)
             try:
-                with self._log_io("read"):
-                    record = self._log.read_at(lsn)
+                record = self._log.read_at(lsn)
             except NotFoundError as exc:  # its segment was discarded by another process
                 raise _LogMovedOn(lsn) from exc
             payload = record.payload
