@@ -212,20 +212,9 @@ def test_scaling_load(benchmark: Benchmark, tmp_path: Path, steps: int, system: 
     state = state_of(steps)
     handles = FreshHandles(system, str(tmp_path / system))
     report.RESULTS.data_dir = str(tmp_path)
-    try:
-        handles.open().save(state)
-    finally:
-        handles.close_all()
+    handles.save_once(state)
     wid = state.workflow.id
-
-    def open_and_load() -> int:
-        loaded = handles.open().load(wid)
-        handles.keep(loaded)
-        return len(loaded.outputs)
-
-    outputs = benchmark.pedantic(
-        open_and_load, teardown=handles.close_all, rounds=LOAD_ROUNDS, warmup_rounds=1
-    )
+    outputs = handles.time_loads(benchmark, wid, rounds=LOAD_ROUNDS, warmup_rounds=1)
     assert outputs == steps
     assert handles.load_once(wid).outputs == state.outputs
     _record_p50(benchmark, "load", steps, system)
@@ -310,16 +299,7 @@ def test_scaling_recovery(
     """Reopen a store whose log holds ``records`` records until its first workflow is read."""
     directory = recovery_stores.directory(big_store, records, system)
     handles = FreshHandles(system, directory, RECOVERY_OPENERS[system])
-    first = workflow_id(0)
-
-    def open_and_load_first() -> int:
-        state = handles.open().load(first)
-        handles.keep(state)
-        return len(state.outputs)
-
-    outputs = benchmark.pedantic(
-        open_and_load_first, teardown=handles.close_all, rounds=RECOVERY_ROUNDS, warmup_rounds=1
-    )
+    outputs = handles.time_loads(benchmark, workflow_id(0), rounds=RECOVERY_ROUNDS, warmup_rounds=1)
     assert outputs == RECOVERY_STEPS
     _record_p50(benchmark, "recovery", records, system)
     benchmark.extra_info["records"] = records

@@ -106,6 +106,32 @@ class FreshHandles:
         for peer in reversed(opened):
             peer.close()
 
+    def save_once(self, state: WorkflowState) -> None:
+        """Untimed: open, save ``state``, close (the data the rounds then read)."""
+        try:
+            self.open().save(state)
+        finally:
+            self.close_all()
+
+    def time_loads(
+        self, benchmark: Benchmark, workflow_id: str, *, rounds: int, warmup_rounds: int
+    ) -> int:
+        """Time ``rounds`` rounds of: open a fresh handle, load ``workflow_id``; the number
+        of outputs the loaded state holds (the rounds' summary)."""
+
+        def open_and_load() -> int:
+            state = self.open().load(workflow_id)
+            self.keep(state)
+            return len(state.outputs)
+
+        outputs: int = benchmark.pedantic(
+            open_and_load,
+            teardown=self.close_all,
+            rounds=rounds,
+            warmup_rounds=warmup_rounds,
+        )
+        return outputs
+
     def load_once(self, workflow_id: str) -> WorkflowState:
         """Untimed: open, load ``workflow_id``, close (to check what the rounds read)."""
         try:
@@ -165,20 +191,9 @@ def test_p4_load_big_state(
     select, decode."""
     handles = FreshHandles(system, str(tmp_path / system))
     report.RESULTS.data_dir = str(tmp_path)
-    try:
-        handles.open().save(big_state)
-    finally:
-        handles.close_all()
+    handles.save_once(big_state)
     wid = big_state.workflow.id
-
-    def open_and_load() -> int:
-        state = handles.open().load(wid)
-        handles.keep(state)
-        return len(state.outputs)
-
-    loaded = benchmark.pedantic(
-        open_and_load, teardown=handles.close_all, rounds=P4_ROUNDS, warmup_rounds=P4_WARMUP
-    )
+    loaded = handles.time_loads(benchmark, wid, rounds=P4_ROUNDS, warmup_rounds=P4_WARMUP)
     assert loaded == len(big_state.outputs)
     assert handles.load_once(wid).outputs == big_state.outputs
     record_median(benchmark, "P4", system)
@@ -212,18 +227,8 @@ def test_p5b_first_read_big_store(benchmark: Benchmark, big_store: BigStore, sys
     """Reopen the big store until its first workflow is read: open + one ``load`` (JSON: read
     and decode one file)."""
     handles = FreshHandles(system, big_store.directory(system), BIG_STORE_OPENERS[system])
-    first = big_store.first_workflow
-
-    def open_and_load_first() -> int:
-        state = handles.open().load(first)
-        handles.keep(state)
-        return len(state.outputs)
-
-    outputs = benchmark.pedantic(
-        open_and_load_first,
-        teardown=handles.close_all,
-        rounds=P5B_ROUNDS,
-        warmup_rounds=P5B_WARMUP,
+    outputs = handles.time_loads(
+        benchmark, big_store.first_workflow, rounds=P5B_ROUNDS, warmup_rounds=P5B_WARMUP
     )
     assert outputs == big_store.per_workflow
     benchmark.extra_info["big_store"] = big_store.label()
