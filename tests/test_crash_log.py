@@ -22,12 +22,17 @@ def test_every_crash_state_recovers_with_every_acknowledged_record(
     name: str, crash_report: list[str]
 ) -> None:
     factory: WorkloadFactory = QUICK_WORKLOADS[name]
-    outcome = explore(factory())
+    workload = factory()
+    outcome = explore(workload)
     crash_report.append(
         f"{name}: {outcome.total_states} crash states at {outcome.crash_points} crash points "
         f"({dict(sorted(outcome.states.items()))}); violations {outcome.violations}"
     )
-    assert outcome.total_states > 500
+    # Every crash point of the trace is explored. How many there are depends on how the
+    # threaded workloads' appends happen to group into writes and syncs (4 threads: 510 to 557
+    # states in 12 runs), so the floor only guards against a trace that collapsed.
+    assert outcome.crash_points == len(workload.fs.crash_points())
+    assert outcome.total_states > 300
     assert {"prefix", "synced-only", "torn"} <= set(outcome.states)
     assert outcome.recovery_errors == []
     assert outcome.wrong_records == []
