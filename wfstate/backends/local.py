@@ -69,6 +69,7 @@ from wfstate.checkpointreports import (
     StoreStats,
 )
 from wfstate.checkpoints import CheckpointFiles, Prepared
+from wfstate.collectorpause import collector_paused
 from wfstate.errors import (
     CorruptionError,
     LockTimeoutError,
@@ -476,7 +477,14 @@ class LocalStore(TableStore):
     ) -> tuple[WorkflowState, int]:
         """Build ``workflow_id`` from its newest checkpoint that reads, plus the later batches
         (docs/format.md §9.7); from the log alone when no checkpoint reads and the log holds
-        its creation."""
+        its creation. With the cyclic garbage collector paused: the decode allocates a
+        container per output and makes no cycles (:mod:`wfstate.collectorpause`)."""
+        with collector_paused():
+            return self._materialize_from(workflow_id, origin, floor, entries)
+
+    def _materialize_from(
+        self, workflow_id: str, origin: int, floor: int, entries: Sequence[tuple[int, int]]
+    ) -> tuple[WorkflowState, int]:
         for info in self._index.of_workflow(workflow_id, origin):
             if info.lsn < floor:
                 break
