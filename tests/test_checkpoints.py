@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from wfstate.backends.local import LocalStore
@@ -435,3 +436,25 @@ def test_compacting_an_empty_store_does_nothing_and_raises_nothing(tmp_path: Pat
                 1,
             )
         assert store.stats().last_lsn == 0
+
+
+def test_the_default_policy_compacts_every_16_mib_of_log(tmp_path: Path) -> None:
+    """Without a policy given, the log is compacted once 16 MiB of batches were logged, so an
+    open never scans more than about that much (BENCHMARKS.md P5; checkpointpolicy docs)."""
+    document = {"text": "".join(f"word{i} " for i in range(40_000))}  # ~350 KB
+    size = len(msgspec.msgpack.encode(document))
+    with LocalStore.open(str(tmp_path), durability="none") as store:
+        store.commit(
+            [
+                CreateWorkflow(
+                    workflow_id="wf", name="wf", steps=(WorkflowStep(id="s", name="s"),), at=0
+                )
+            ]
+        )
+        commits = 0
+        while store.stats().log_first_lsn == 1:
+            store.commit([PutStepOutput(workflow_id="wf", step_id="s", data=document, at=0)])
+            commits += 1
+            assert commits * size < 17 * 1024 * 1024, "no compaction after 16 MiB of log"
+        assert commits * size >= 16 * 1024 * 1024 - size
+        assert [i.type for i in store.checkpoints()] == ["compaction"]

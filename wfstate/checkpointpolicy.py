@@ -27,7 +27,10 @@ class CheckpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
     ``every_batches``: checkpoint a workflow once this many batches changed it since its newest
     checkpoint (bounds the replay a load does). ``every_log_bytes``: compact (checkpoint what
     the log holds uncovered, discard the log before, apply ``retention``) once this many bytes
-    of batches were logged since the last compaction this process saw (bounds the log).
+    of batches were logged since the last compaction this process saw (bounds the log, and so
+    the scan every open and every recovery makes of it: 16 MiB by default, as SQLite bounds
+    its WAL; BENCHMARKS.md P5 needs a reopen under a second, and a 256 MiB log alone takes
+    ~2.5 s to scan on the reference VM).
     ``on_step_start`` / ``on_step_end``: a ``pre_step`` checkpoint after a batch that starts a
     step (status ``running``), a ``post_step`` one after a batch that ends one (``completed``,
     ``skipped``). ``on_error``: an ``error`` checkpoint after a batch that fails a step or the
@@ -39,7 +42,7 @@ class CheckpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     every_batches: int | None = 1000
-    every_log_bytes: int | None = 256 * 1024 * 1024
+    every_log_bytes: int | None = 16 * 1024 * 1024
     on_step_start: bool = False
     on_step_end: bool = False
     on_error: bool = True

@@ -168,7 +168,7 @@ PRODUCTION: Final = StoreConfig()
 ``durability="always"``: a commit returns once an fdatasync covers it (concurrent commits
 share one), so neither a process crash nor an OS crash or power loss loses an acknowledged
 commit. zstd level 3 for a dense log. The default checkpoint policy (a checkpoint per
-workflow every 1,000 batches, compaction every 256 MiB of log, an ``error`` checkpoint after
+workflow every 1,000 batches, compaction every 16 MiB of log, an ``error`` checkpoint after
 a failure) with retention keeping the newest 10 checkpoints per workflow.
 """
 
