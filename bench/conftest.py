@@ -54,8 +54,8 @@ def open_state_peer(tmp_path: Path) -> Iterator[OpenStatePeer]:
 def big_store(tmp_path_factory: pytest.TempPathFactory) -> BigStore:
     """The big store of every system, built once per run (``bench/big_store.py``).
 
-    Every test that uses it only reads it. Full size takes ~35 s to build (with its compacted
-    copy) on the 2-core VM.
+    Every test that uses it only reads it. Full size takes ~70 s to build (twice: log only, and
+    with the default checkpoint policy) on the 2-core VM.
     """
     root = tmp_path_factory.mktemp("big_store")
     big = build_big_store(str(root))
