@@ -30,6 +30,7 @@ from wfstate.format import (
     CODEC_LZ4,
     CODEC_NONE,
     CODEC_ZSTD,
+    FORMAT_VERSION,
     xxh3,
 )
 from wfstate.model import (
@@ -226,7 +227,7 @@ def test_header_fields_and_size() -> None:
     )
     assert header.file_size == len(data)
     assert data[:8] == b"WFSTCKPT"
-    assert CHECKPOINT_HEADER.unpack_from(data, 0)[1:3] == (2, 64)
+    assert CHECKPOINT_HEADER.unpack_from(data, 0)[1:3] == (FORMAT_VERSION, 64)
 
 
 def test_payload_keys_are_sorted_and_state_is_the_canonical_encoding() -> None:
@@ -335,8 +336,9 @@ def test_a_checkpoint_of_another_store_is_refused() -> None:
 
 def test_a_newer_format_version_is_refused() -> None:
     with pytest.raises(FormatVersionError) as info:
-        decode(signed(full_file(base_state()), version=3))
-    assert (info.value.path, info.value.found, info.value.supported) == (PATH, 3, 2)
+        decode(signed(full_file(base_state()), version=FORMAT_VERSION + 1))
+    newer = (PATH, FORMAT_VERSION + 1, FORMAT_VERSION)
+    assert (info.value.path, info.value.found, info.value.supported) == newer
     with pytest.raises(FormatVersionError):
         read_header(signed(full_file(base_state()), version=0xFFFF), PATH)
 

@@ -28,6 +28,7 @@ from wfstate.errors import (
     ValidationError,
 )
 from wfstate.format import (
+    FORMAT_VERSION,
     LogStart,
     SegmentHeader,
     pack_segment_header,
@@ -442,11 +443,11 @@ def test_start_fields_out_of_range_are_corruption(tmp_path: Path, field: str, va
 def test_start_of_a_newer_format_version_is_refused(tmp_path: Path) -> None:
     d = make_discarded(tmp_path)
     data = bytearray(read_bytes(start_file(d.wal)))
-    struct.pack_into("<H", data, 8, 3)
+    struct.pack_into("<H", data, 8, FORMAT_VERSION + 1)
     write_bytes(start_file(d.wal), reseal_header(bytes(data)))
     error = expect_refused(d.wal, FormatVersionError)
     assert isinstance(error, FormatVersionError)
-    assert (error.found, error.supported) == (3, 2)
+    assert (error.found, error.supported) == (FORMAT_VERSION + 1, FORMAT_VERSION)
     struct.pack_into("<H", data, 8, 1)  # version 1 has no START
     write_bytes(start_file(d.wal), reseal_header(bytes(data)))
     expect_refused(d.wal)

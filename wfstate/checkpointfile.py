@@ -70,6 +70,7 @@ from wfstate.format import (
     CHECKPOINT_MAGIC,
     CODEC_NONE,
     CODECS,
+    FILE_VERSIONS,
     FORMAT_VERSION,
     MAX_PAYLOAD,
     is_checkpoint_id,
@@ -213,7 +214,7 @@ def read_header(data: bytes, path: str) -> CheckpointHeader:
     by :func:`decode_checkpoint`. (This is also the cheap way to the ``header_checksum`` of a
     file just encoded, which its ``CHECKPOINT`` entry records.) The checksum is checked right
     after the magic, before any field is believed; then a format version above
-    ``FORMAT_VERSION`` raises FormatVersionError and one below it (version 1 had no
+    ``FORMAT_VERSION`` raises FormatVersionError and one below 2 (version 1 had no
     checkpoint files) CorruptionError. Every other failure raises CorruptionError at the
     offset of the field.
     """
@@ -242,7 +243,7 @@ def read_header(data: bytes, path: str) -> CheckpointHeader:
         raise CorruptionError(path, _AT_HEADER_CHECKSUM, "checkpoint header checksum mismatch")
     if version > FORMAT_VERSION:
         raise FormatVersionError(path, version, FORMAT_VERSION)
-    if version != FORMAT_VERSION:
+    if version not in FILE_VERSIONS:
         raise CorruptionError(
             path, _AT_VERSION, f"format version {version} has no checkpoint files"
         )

@@ -13,9 +13,12 @@ from typing import Final, NamedTuple
 
 import xxhash
 
-FORMAT_VERSION: Final = 2
-READABLE_VERSIONS: Final = frozenset({1, 2})
-"""Segment header versions a reader accepts (docs/format.md §7: the layouts are the same)."""
+FORMAT_VERSION: Final = 3
+READABLE_VERSIONS: Final = frozenset({1, 2, 3})
+"""Segment header versions a reader accepts (docs/format.md §7: version 3 adds the dictionary
+block, versions 1 and 2 have version 3's layout without one)."""
+FILE_VERSIONS: Final = frozenset({2, 3})
+"""Versions of ``START`` and checkpoint files a reader accepts (their layouts are the same)."""
 
 # -- segment header (docs/format.md §2.1) ---------------------------------------------------
 SEGMENT_MAGIC: Final = b"WFSTWAL\x00"
@@ -23,6 +26,12 @@ SEGMENT_HEADER = struct.Struct("<8sHHIQQQQQQ")
 SEGMENT_HEADER_SIZE: Final = 64
 assert SEGMENT_HEADER.size == SEGMENT_HEADER_SIZE
 SEGMENT_HEADER_CHECKED: Final = 56  # header_checksum covers bytes 0..55
+SEGMENT_HAS_DICTIONARY: Final = 0x1  # flags bit 0 (version 3)
+DICTIONARY_BLOCK = struct.Struct("<IIQ")  # dict_length, reserved, dict_checksum (§2.1.1)
+DICTIONARY_BLOCK_SIZE: Final = 16
+assert DICTIONARY_BLOCK.size == DICTIONARY_BLOCK_SIZE
+MAX_DICTIONARY: Final = 1 << 20
+MAX_SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER_SIZE + DICTIONARY_BLOCK_SIZE + MAX_DICTIONARY
 
 # -- record header (docs/format.md §3) --------------------------------------------------------
 RECORD_HEADER = struct.Struct("<QQIIBBBBI")
@@ -35,7 +44,11 @@ ZERO_RECORD_HEADER: Final = bytes(RECORD_HEADER_SIZE)
 CODEC_NONE: Final = 0
 CODEC_LZ4: Final = 1
 CODEC_ZSTD: Final = 2
+CODEC_ZSTD_DICT: Final = 3  # zstd with the segment's dictionary (§2.1.1)
 CODECS: Final = frozenset({CODEC_NONE, CODEC_LZ4, CODEC_ZSTD})
+"""The codecs valid in any segment (and in checkpoint files)."""
+DICTIONARY_CODECS: Final = CODECS | {CODEC_ZSTD_DICT}
+"""The codecs valid in a segment that has a dictionary."""
 
 FLAG_AFTER_SYNC: Final = 0x01
 KNOWN_FLAGS: Final = FLAG_AFTER_SYNC
@@ -256,21 +269,41 @@ def broken_name(segment: str, offset: int) -> str:
 
 
 class SegmentHeader(NamedTuple):
-    """A decoded segment header (docs/format.md §2.1)."""
+    """A decoded segment header (docs/format.md §2.1), with its dictionary (§2.1.1) if any."""
 
     epoch: int
     seq: int
     first_lsn: int
     prev_checksum: int
+    dictionary: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        """``header_size``: where the segment's first record starts."""
+        return dictionary_header_size(self.dictionary)
+
+    @property
+    def codecs(self) -> frozenset[int]:
+        """The record codecs valid in this segment (§3.1 rule 2)."""
+        return CODECS if self.dictionary is None else DICTIONARY_CODECS
+
+
+def dictionary_header_size(dictionary: bytes | None) -> int:
+    """``header_size`` of a segment with ``dictionary`` (None: without one)."""
+    if dictionary is None:
+        return SEGMENT_HEADER_SIZE
+    return SEGMENT_HEADER_SIZE + DICTIONARY_BLOCK_SIZE + pad8(len(dictionary))
 
 
 def pack_segment_header(header: SegmentHeader) -> bytes:
-    """The 64 header bytes of a segment, checksum included."""
+    """The header bytes of a segment, checksums included: 64 bytes, then the dictionary block
+    when ``header.dictionary`` is set (its length, 1..2^20, is the caller's to check)."""
+    dictionary = header.dictionary
     body = SEGMENT_HEADER.pack(
         SEGMENT_MAGIC,
         FORMAT_VERSION,
-        SEGMENT_HEADER_SIZE,
-        0,
+        header.size,
+        0 if dictionary is None else SEGMENT_HAS_DICTIONARY,
         header.epoch,
         header.seq,
         header.first_lsn,
@@ -278,7 +311,12 @@ def pack_segment_header(header: SegmentHeader) -> bytes:
         0,
         0,
     )[:SEGMENT_HEADER_CHECKED]
-    return body + struct.pack("<Q", xxh3(body))
+    check = xxh3(body)
+    head = body + struct.pack("<Q", check)
+    if dictionary is None:
+        return head
+    block = DICTIONARY_BLOCK.pack(len(dictionary), 0, xxh3(dictionary, check))
+    return head + block + dictionary + bytes(pad8(len(dictionary)) - len(dictionary))
 
 
 class RecordHeader(NamedTuple):
@@ -299,12 +337,13 @@ class RecordHeader(NamedTuple):
         """Bytes the whole record occupies on disk, header and padding included."""
         return RECORD_HEADER_SIZE + pad8(self.length)
 
-    def is_plausible(self, expected_lsn: int | None) -> bool:
-        """Rule 2 of docs/format.md §3.1 (``expected_lsn`` None: any LSN ≥ 1)."""
+    def is_plausible(self, expected_lsn: int | None, codecs: frozenset[int] = CODECS) -> bool:
+        """Rule 2 of docs/format.md §3.1 (``expected_lsn`` None: any LSN ≥ 1) in a segment
+        whose valid codecs are ``codecs`` (:attr:`SegmentHeader.codecs`)."""
         return (
             (self.lsn == expected_lsn if expected_lsn is not None else self.lsn >= 1)
             and self.type != 0
-            and self.codec in CODECS
+            and self.codec in codecs
             and not (self.flags & ~KNOWN_FLAGS)
             and self.reserved1 == 0
             and self.reserved2 == 0

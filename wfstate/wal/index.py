@@ -6,19 +6,30 @@ of the record before it), which is all :func:`read_record_at` needs to read the 
 record read by position is as trustworthy as one read by a full scan. A handle fills its
 index from what it reads at open, writes, and catches up on; 20 bytes per record. When the
 log's beginning is discarded, :meth:`RecordIndex.drop_before` forgets the records before it.
+
+A record stored with codec 3 needs its segment's dictionary (docs/format.md §2.1.1): it is read
+from the segment's header, verified, the first time a record of that segment needs it, and
+kept per segment (:attr:`RecordIndex.dictionaries`).
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 from array import array
 
 from wfstate.errors import CorruptionError, NotFoundError
-from wfstate.format import RECORD_HEADER_SIZE, unpack_record_header, xxh3
+from wfstate.format import (
+    CODEC_ZSTD_DICT,
+    RECORD_HEADER_SIZE,
+    parse_segment_name,
+    unpack_record_header,
+    xxh3,
+)
 from wfstate.fs import FileSystem
-from wfstate.wal.codec import decompress
+from wfstate.wal.codec import Dictionary, decompress
 from wfstate.wal.reader import Record
-from wfstate.wal.segment import SegmentFile
+from wfstate.wal.segment import SegmentFile, read_head, read_segment_header
 
 
 class _Span:
@@ -42,6 +53,8 @@ class RecordIndex:
     def __init__(self) -> None:
         self._table: tuple[list[_Span], list[int]] = ([], [])
         self._next = 0
+        self.dictionaries: dict[str, Dictionary] = {}
+        """Segment path → its dictionary, for :func:`read_record_at` (filled as needed)."""
 
     def add(self, segment: SegmentFile, lsn: int, offset: int, size: int, seed: int) -> None:
         """Record where ``lsn`` is. LSNs come in increasing order; one already known is
@@ -74,6 +87,9 @@ class RecordIndex:
             trimmed.seeds = span.seeds[cut:]
             kept.append(trimmed)
         self._table = (kept, [s.first_lsn for s in kept])
+        paths = {s.path for s in kept}
+        for path in [p for p in self.dictionaries if p not in paths]:
+            self.dictionaries.pop(path, None)
 
     def locate(self, lsn: int) -> tuple[str, int, int, int] | None:
         """``(segment path, offset, size, seed)`` of ``lsn``, or None if it is not indexed."""
@@ -88,8 +104,16 @@ class RecordIndex:
         return span.path, span.offsets[k], span.sizes[k], span.seeds[k]
 
 
-def read_record_at(fs: FileSystem, lsn: int, where: tuple[str, int, int, int]) -> Record:
+def read_record_at(
+    fs: FileSystem,
+    lsn: int,
+    where: tuple[str, int, int, int],
+    dictionaries: dict[str, Dictionary] | None = None,
+) -> Record:
     """Read record ``lsn`` at ``where`` (from :meth:`RecordIndex.locate`) and verify it.
+
+    ``dictionaries`` (:attr:`RecordIndex.dictionaries`) caches the dictionaries of segments
+    read for codec-3 records.
 
     ``NotFoundError`` if its segment file no longer exists (another handle discarded it).
     ``CorruptionError`` if the bytes there are not that record: wrong LSN, short, or a
@@ -109,8 +133,34 @@ def read_record_at(fs: FileSystem, lsn: int, where: tuple[str, int, int, int]) -
     if h.lsn != lsn or h.size != size or xxh3(memoryview(buf)[8:size], seed) != h.checksum:
         raise CorruptionError(path, offset, f"record LSN {lsn} no longer verifies at its place")
     body = memoryview(buf)[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + h.length]
+    dictionary = None
+    if h.codec == CODEC_ZSTD_DICT:
+        dictionary = _segment_dictionary(fs, path, {} if dictionaries is None else dictionaries)
     try:
-        payload = decompress(h.codec, body, h.raw_length)
+        payload = decompress(h.codec, body, h.raw_length, dictionary)
     except ValueError as exc:
         raise CorruptionError(path, offset, str(exc)) from exc
     return Record(h.lsn, h.type, payload)
+
+
+def _segment_dictionary(
+    fs: FileSystem, path: str, cache: dict[str, Dictionary]
+) -> Dictionary | None:
+    """The dictionary of the segment at ``path``, from ``cache`` or its verified header
+    (``CorruptionError`` if the header no longer verifies; None if it has none)."""
+    found = cache.get(path)
+    if found is not None:
+        return found
+    name = os.path.basename(path)
+    parsed = parse_segment_name(name)
+    if parsed is None:
+        return None
+    seg = SegmentFile(name, path, *parsed)
+    try:
+        header = read_segment_header(read_head(fs, seg), seg, None)
+    except FileNotFoundError:
+        raise NotFoundError(f"lsn: segment {path} is gone (discarded by another handle)") from None
+    dictionary = Dictionary.of(header.dictionary)
+    if dictionary is not None:
+        cache[path] = dictionary
+    return dictionary

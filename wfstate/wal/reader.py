@@ -16,14 +16,15 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from wfstate.errors import CorruptionError, NotFoundError, TornWriteError, ValidationError
-from wfstate.format import SEGMENT_HEADER_SIZE, LogStart, RecordHeader, parse_segment_name
+from wfstate.format import LogStart, RecordHeader, parse_segment_name
 from wfstate.fs import FileSystem
-from wfstate.wal.codec import decompress
+from wfstate.wal.codec import Dictionary, decompress
 from wfstate.wal.segment import (
     Cursor,
     SegmentFile,
     durable_after,
     header_is_torn_creation,
+    read_head,
     read_segment_header,
     resync,
     walk,
@@ -85,6 +86,8 @@ class TailPosition(NamedTuple):
     seed: int
     next_lsn: int
     epoch: int
+    dictionary: Dictionary | None = None
+    """The segment's dictionary (docs/format.md §2.1.1), if it has one."""
 
 
 def segment_files(fs: FileSystem, wal_dir: str) -> list[SegmentFile]:
@@ -208,16 +211,16 @@ class LogScan:
         ``skip_corrupted`` it is skipped. Either way it is reported. ``located(segment, lsn,
         offset, size, seed)`` is told where each record yielded is (to index it).
         """
-        for seg, buf, offset, h, seed in self._scan():
+        for seg, buf, offset, h, seed, dictionary in self._scan():
             if located is not None:
                 located(seg, h.lsn, offset, h.size, seed)
             body = memoryview(buf)[offset + 32 : offset + 32 + h.length]
             try:
-                payload = decompress(h.codec, body, h.raw_length)
+                payload = decompress(h.codec, body, h.raw_length, dictionary)
             except ValueError as exc:
                 self._corrupt(seg, offset, h.size, str(exc))
                 if self._mode == "point_in_time" and self.epoch is not None:
-                    self.tail = TailPosition(seg, offset, seed, h.lsn, self.epoch)
+                    self.tail = TailPosition(seg, offset, seed, h.lsn, self.epoch, dictionary)
                     return
                 continue
             yield Record(h.lsn, h.type, payload)
@@ -227,7 +230,7 @@ class LogScan:
     ) -> Iterator[tuple[SegmentFile, int, RecordHeader]]:
         """``(segment, offset, header)`` of each valid record, without decoding payloads
         (``located`` as for :meth:`records`)."""
-        for seg, _buf, offset, h, seed in self._scan():
+        for seg, _buf, offset, h, seed, _dictionary in self._scan():
             if located is not None:
                 located(seg, h.lsn, offset, h.size, seed)
             yield seg, offset, h
@@ -256,8 +259,11 @@ class LogScan:
                 ) from None
             raise CorruptionError(seg.path, 0, "segment file disappeared while read") from None
 
-    def _scan(self) -> Iterator[tuple[SegmentFile, bytes, int, RecordHeader, int]]:
-        """``(segment, its bytes, offset, header, the record's chain seed)`` per valid record."""
+    def _scan(
+        self,
+    ) -> Iterator[tuple[SegmentFile, bytes, int, RecordHeader, int, Dictionary | None]]:
+        """``(segment, its bytes, offset, header, the record's chain seed, the segment's
+        dictionary)`` per valid record."""
         segments = self._segments
         first_seq = self.start.seq if self.start is not None else 1
         if not segments:
@@ -293,7 +299,7 @@ class LogScan:
             try:
                 header = read_segment_header(buf, seg, self.epoch)
             except CorruptionError as exc:
-                if last and header_is_torn_creation(buf):
+                if last and header_is_torn_creation(buf, seg.first_lsn):
                     self._report(LogDamage("torn_segment", seg.path, 0, len(buf), exc.reason))
                     if self._mode == "absolute":
                         raise TornWriteError(seg.path, 0, exc.reason) from exc
@@ -316,12 +322,14 @@ class LogScan:
                 self._corrupt(seg, 0, 0, reason)
                 if self._mode == "point_in_time":
                     return
-            cur = Cursor(SEGMENT_HEADER_SIZE, header.prev_checksum, header.first_lsn)
+            codecs = header.codecs
+            dictionary = Dictionary.of(header.dictionary)
+            cur = Cursor(header.size, header.prev_checksum, header.first_lsn, codecs)
             while True:
                 seed = cur.seed
                 for offset, h in walk(buf, cur):
                     if h.lsn >= from_lsn:
-                        yield seg, buf, offset, h, seed
+                        yield seg, buf, offset, h, seed, dictionary
                         if self._to_lsn is not None and h.lsn >= self._to_lsn:
                             self.tail = None
                             return
@@ -330,8 +338,8 @@ class LogScan:
                     break
                 damaged_at = cur.offset
                 resumed = None
-                if last and durable_after(buf, damaged_at, cur.lsn) is not None:
-                    resumed = resync(buf, damaged_at, cur.lsn)
+                if last and durable_after(buf, damaged_at, cur.lsn, codecs) is not None:
+                    resumed = resync(buf, damaged_at, cur.lsn, codecs)
                 if last and resumed is None:  # nothing durable after it: a torn tail
                     self._report(
                         LogDamage(
@@ -340,21 +348,25 @@ class LogScan:
                     )
                     if self._mode == "absolute":
                         raise TornWriteError(seg.path, damaged_at, f"torn tail: {cur.reason}")
-                    self.tail = TailPosition(seg, damaged_at, cur.seed, cur.lsn, header.epoch)
+                    self.tail = TailPosition(
+                        seg, damaged_at, cur.seed, cur.lsn, header.epoch, dictionary
+                    )
                     return
                 if not last:
-                    resumed = resync(buf, damaged_at, cur.lsn)
+                    resumed = resync(buf, damaged_at, cur.lsn, codecs)
                 resume_at = resumed.offset if resumed is not None else len(buf)
                 self._corrupt(seg, damaged_at, resume_at - damaged_at, cur.reason)
                 if self._mode == "point_in_time":
-                    self.tail = TailPosition(seg, damaged_at, cur.seed, cur.lsn, header.epoch)
+                    self.tail = TailPosition(
+                        seg, damaged_at, cur.seed, cur.lsn, header.epoch, dictionary
+                    )
                     return
                 if resumed is None:  # skip_corrupted: nothing verifies after it in this file
                     cur.offset = len(buf)
                     break
                 cur = resumed
             prev, chain = seg, (cur.seed, cur.lsn)
-            self.tail = TailPosition(seg, cur.offset, cur.seed, cur.lsn, header.epoch)
+            self.tail = TailPosition(seg, cur.offset, cur.seed, cur.lsn, header.epoch, dictionary)
 
 
 def store_epoch(fs: FileSystem, segments: list[SegmentFile]) -> int | None:
@@ -362,7 +374,7 @@ def store_epoch(fs: FileSystem, segments: list[SegmentFile]) -> int | None:
     if not segments:
         return None
     first = segments[0]
-    head = fs.read_range(first.path, 0, SEGMENT_HEADER_SIZE)
+    head = read_head(fs, first)
     try:
         return read_segment_header(head, first, None).epoch
     except CorruptionError:

@@ -44,7 +44,12 @@ from wfstate.wal.reader import (
     log_files,
     store_epoch,
 )
-from wfstate.wal.segment import SegmentFile, header_is_torn_creation, read_segment_header
+from wfstate.wal.segment import (
+    SegmentFile,
+    header_is_torn_creation,
+    read_head,
+    read_segment_header,
+)
 from wfstate.wal.start import check_start_segment, start_path
 
 
@@ -60,8 +65,9 @@ class Recovered(NamedTuple):
 def create_segment(fs: FileSystem, wal_dir: str, header: SegmentHeader) -> tuple[SegmentFile, int]:
     """Create a segment and make its header and directory entry durable; returns it and an fd.
 
-    No record may be written to a segment before this returns (docs/format.md §2.1), which is
-    what lets recovery treat a segment with a bad header and no data as a torn creation.
+    The header and its dictionary block (``header.dictionary``) go in one write. No record may
+    be written to a segment before this returns (docs/format.md §2.1), which is what lets
+    recovery treat a segment with a bad header and no data as a torn creation.
 
     The descriptor returned appends (``O_APPEND``): other handles append to the same segment
     between this handle's write groups, so a descriptor writing at its own position would
@@ -132,10 +138,10 @@ def recover(
         # names only a segment whose header is durable.
         last = segments[-1]
         try:
-            read_segment_header(fs.read_range(last.path, 0, SEGMENT_HEADER_SIZE), last, None)
+            read_segment_header(read_head(fs, last), last, None)
         except CorruptionError as exc:
             buf = fs.read_file(last.path)
-            if header_is_torn_creation(buf):
+            if header_is_torn_creation(buf, last.first_lsn):
                 if mode == "absolute":
                     raise TornWriteError(
                         last.path, 0, f"torn segment header: {exc.reason}"
@@ -262,7 +268,7 @@ def _trusted_tail(
     """``tail``, or where the records written before a failed sync begin (poisoned hint)."""
     if not untrusted or tail is None or hinted is None:
         return tail
-    cut = untrusted[0]
+    cut = untrusted[0]._replace(dictionary=tail.dictionary)
     if tail.segment != cut.segment or tail.offset <= cut.offset:
         return tail
     report(

@@ -18,9 +18,9 @@ import os
 
 from wfstate.errors import CorruptionError, FormatVersionError
 from wfstate.format import (
+    FILE_VERSIONS,
     FORMAT_VERSION,
     MAX_PAYLOAD,
-    SEGMENT_HEADER_SIZE,
     START_FILE,
     START_HEADER_CHECKED,
     START_HEADER_SIZE,
@@ -34,7 +34,7 @@ from wfstate.format import (
     xxh3,
 )
 from wfstate.fs import FileSystem, atomic_write
-from wfstate.wal.segment import SegmentFile, read_segment_header
+from wfstate.wal.segment import SegmentFile, read_head, read_segment_header
 
 
 def start_path(wal_dir: str) -> str:
@@ -60,8 +60,8 @@ def decode_start(buf: bytes, path: str) -> LogStart:
         raise CorruptionError(path, 56, "START header checksum mismatch")
     if version > FORMAT_VERSION:
         raise FormatVersionError(path, version, FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise CorruptionError(path, 8, f"START format version {version}: START is version 2")
+    if version not in FILE_VERSIONS:
+        raise CorruptionError(path, 8, f"START format version {version}: START is version 2+")
     if header_size != START_HEADER_SIZE:
         raise CorruptionError(path, 10, f"START header size {header_size}, not 64")
     if length > MAX_PAYLOAD:
@@ -156,7 +156,7 @@ def check_start_segment(fs: FileSystem, wal_dir: str, start: LogStart) -> Segmen
     """
     seg = start_segment_file(wal_dir, start)
     try:
-        head = fs.read_range(seg.path, 0, SEGMENT_HEADER_SIZE)
+        head = read_head(fs, seg)
     except FileNotFoundError:
         raise CorruptionError(
             start_path(wal_dir), 24, f"START names segment {seg.name}, which does not exist"

@@ -38,14 +38,15 @@ from typing import NamedTuple
 
 from wfstate.errors import CorruptionError
 from wfstate.format import (
+    CODECS,
+    DICTIONARY_CODECS,
     RECORD_HEADER_SIZE,
-    SEGMENT_HEADER_SIZE,
     LogStart,
     broken_name,
     segment_name,
 )
 from wfstate.fs import FileSystem
-from wfstate.wal.codec import decompress
+from wfstate.wal.codec import Dictionary, decompress
 from wfstate.wal.reader import LogDamage, Record, TailPosition, list_segments
 from wfstate.wal.recovery import cut_tail, move_aside
 from wfstate.wal.segment import (
@@ -53,6 +54,7 @@ from wfstate.wal.segment import (
     SegmentFile,
     durable_after,
     header_is_torn_creation,
+    read_head,
     read_segment_header,
     walk,
 )
@@ -138,21 +140,22 @@ def follow(
             )
         if size > tail.offset:
             buf = fs.read_range(seg.path, tail.offset, size - tail.offset)
-            cur = Cursor(0, tail.seed, tail.next_lsn)
+            dictionary = tail.dictionary
+            cur = Cursor(0, tail.seed, tail.next_lsn, _codecs(dictionary))
             seed = tail.seed
             for offset, h in walk(buf, cur):
                 payload = b""
                 if decode:
                     body = memoryview(buf)[offset + RECORD_HEADER_SIZE :][: h.length]
                     try:
-                        payload = decompress(h.codec, body, h.raw_length)
+                        payload = decompress(h.codec, body, h.raw_length, dictionary)
                     except ValueError as exc:
                         raise CorruptionError(seg.path, tail.offset + offset, str(exc)) from exc
                 record = Record(h.lsn, h.type, payload)
                 records.append(Passed(record, seg, tail.offset + offset, h.size, seed))
                 seed = h.checksum
             end = tail.offset + cur.offset
-            tail = TailPosition(seg, end, cur.seed, cur.lsn, tail.epoch)
+            tail = TailPosition(seg, end, cur.seed, cur.lsn, tail.epoch, dictionary)
             if cur.reason is not None:
                 if repair:
                     damage.append(_repair_tail(fs, wal_dir, tail, buf=buf, cur=cur, size=size))
@@ -181,9 +184,21 @@ def _at_start(fs: FileSystem, wal_dir: str, start: LogStart, tail: TailPosition)
             f"before LSN {tail.next_lsn} this process already read: the log was replaced "
             "under it; reopen",
         )
-    check_start_segment(fs, wal_dir, start)
+    header = check_start_segment(fs, wal_dir, start)
     seg = start_segment_file(wal_dir, start)
-    return TailPosition(seg, SEGMENT_HEADER_SIZE, start.prev_checksum, start.first_lsn, tail.epoch)
+    return TailPosition(
+        seg,
+        header.size,
+        start.prev_checksum,
+        start.first_lsn,
+        tail.epoch,
+        Dictionary.of(header.dictionary),
+    )
+
+
+def _codecs(dictionary: Dictionary | None) -> frozenset[int]:
+    """The record codecs valid in a segment with ``dictionary`` (docs/format.md §3.1)."""
+    return CODECS if dictionary is None else DICTIONARY_CODECS
 
 
 def _repair_tail(
@@ -192,7 +207,7 @@ def _repair_tail(
     """Judge and cut the invalid bytes after ``tail`` (the lock is held); the damage found."""
     seg = tail.segment
     reason = cur.reason or "invalid record"
-    if durable_after(buf, cur.offset, cur.lsn) is not None:
+    if durable_after(buf, cur.offset, cur.lsn, cur.codecs) is not None:
         raise CorruptionError(seg.path, tail.offset, f"{reason}, and durable records follow it")
     later = [s.name for s in list_segments(fs, wal_dir) if s.seq > seg.seq]
     if later:
@@ -212,7 +227,7 @@ def _next_segment(
         return None
     seg = SegmentFile(name, path, seq, tail.next_lsn)
     try:
-        head = fs.read_range(path, 0, SEGMENT_HEADER_SIZE)
+        head = read_head(fs, seg)
     except FileNotFoundError:  # discarded since (a reader's race): the next follow jumps
         return None
     try:
@@ -221,7 +236,7 @@ def _next_segment(
         if not repair:
             return None  # its creator may still be writing its header
         buf = fs.read_file(path)
-        if not header_is_torn_creation(buf):
+        if not header_is_torn_creation(buf, seg.first_lsn):
             raise
         move_aside(fs, path, os.path.join(wal_dir, broken_name(name, 0)))
         fs.fsync_dir(wal_dir)
@@ -229,4 +244,11 @@ def _next_segment(
         return None
     if header.prev_checksum != tail.seed:
         raise CorruptionError(path, 0, "segment does not continue the previous segment's chain")
-    return TailPosition(seg, SEGMENT_HEADER_SIZE, header.prev_checksum, tail.next_lsn, tail.epoch)
+    return TailPosition(
+        seg,
+        header.size,
+        header.prev_checksum,
+        tail.next_lsn,
+        tail.epoch,
+        Dictionary.of(header.dictionary),
+    )
