@@ -41,6 +41,7 @@ from wfstate.mutations import CreateWorkflow, Mutation, PutStepOutput, SetStepSt
 from wfstate.retention import RetentionPlan, RetentionPolicy
 from wfstate.statetable import stamped_with
 from wfstate.wal import Compression, Durability, Log
+from wfstate.wal.log import DictionaryTrigger
 
 WAL = "/store/wal"
 
@@ -120,13 +121,16 @@ def run_workload(
     sync_every: int = 0,
     handles: int = 1,
     fs: SimFileSystem | None = None,
+    dictionary: DictionaryTrigger | None = None,
 ) -> Workload:
     """Append ``appends`` records (split over ``threads``) to a fresh log on a simulated disk.
 
     ``sync_every``: call ``sync()`` after every that many appends (for ``none``/``interval``).
     ``handles``: open the log that many times and give thread ``k`` handle ``k % handles``,
     as separate processes would (writers' lock, catch-up, rotation by whoever holds the lock).
-    Segments are small (4 KiB) so the workload rotates several times.
+    Segments are small (4 KiB) so the workload rotates several times. ``dictionary``: zstd
+    with segment dictionaries, every handle training at this trigger (docs/format.md §2.3),
+    so the trace crosses a dictionary rotation; else lz4 (one thread) or zstd without them.
     """
     fs = fs if fs is not None else SimFileSystem()
     payloads = [_payload(i) for i in range(appends)]
@@ -138,11 +142,18 @@ def run_workload(
             fs=fs,
             durability=durability,
             segment_size=4096,
-            compression=Compression(codec="lz4" if threads == 1 else "zstd"),
+            compression=(
+                Compression()
+                if dictionary is not None
+                else Compression(codec="lz4" if threads == 1 else "zstd", dictionary=False)
+            ),
             epoch=0x5EED,
         )
         for _ in range(handles)
     ]
+    for log in logs:
+        if dictionary is not None:
+            log.dictionary_trigger = dictionary
 
     def worker(k: int) -> None:
         log = logs[k % handles]
@@ -240,6 +251,11 @@ def _check_state(
 
 WorkloadFactory = Callable[[], Workload]
 
+CRASH_TRIGGER = DictionaryTrigger(
+    min_bytes=16384, min_samples=10, max_samples=1000, max_bytes=1 << 20, size=1024
+)
+"""Trains a dictionary after ~12 of :func:`_payload`'s records (zstd's trainer fails on fewer)."""
+
 QUICK_WORKLOADS: dict[str, WorkloadFactory] = {
     "always, 1 thread, 80 appends, rotating": lambda: run_workload("always-1t", appends=80),
     "always, 4 threads (group commit), 80 appends": lambda: run_workload(
@@ -250,6 +266,9 @@ QUICK_WORKLOADS: dict[str, WorkloadFactory] = {
     ),
     "none, sync every 5 appends": lambda: run_workload(
         "none-sync5", durability="none", appends=60, sync_every=5
+    ),
+    "always, 1 thread, 40 appends across a dictionary rotation": lambda: run_workload(
+        "always-1t-dictionary", appends=40, dictionary=CRASH_TRIGGER
     ),
 }
 
@@ -808,3 +827,55 @@ def checkpoints_large(handles: int = 1, fs: SimFileSystem | None = None) -> Chec
     assert d.figures["compactions rotating a segment by size"] == 3, d.figures
     assert d.figures["longest chain folded"] > 2, d.figures
     return d.finish()
+
+
+# -- segment dictionaries (docs/format.md §2.1.1) -----------------------------------------------
+@dataclass
+class DictionaryCrashReport:
+    """Crash exploration of workloads crossing a dictionary rotation: per workload ``(name,
+    states, crash points, violations)``; per broken variant ``(name, states caught, states)``."""
+
+    workloads: list[tuple[str, int, int, int]]
+    broken: list[tuple[str, int, int]]
+
+
+def dictionary_workloads(*, thorough: bool) -> dict[str, WorkloadFactory]:
+    """Workloads whose traces cross a dictionary rotation (and, thorough, inherit it)."""
+    found: dict[str, WorkloadFactory] = {
+        "always, 1 thread, 40 appends": lambda: run_workload(
+            "dict-1t", appends=40, dictionary=CRASH_TRIGGER
+        ),
+    }
+    if thorough:
+        found["always, 2 handles x 2 threads, 60 appends"] = lambda: run_workload(
+            "dict-2h", appends=60, threads=4, handles=2, fs=SlowSyncFS(), dictionary=CRASH_TRIGGER
+        )
+        found["none, sync every 5 appends, 60 appends"] = lambda: run_workload(
+            "dict-none", durability="none", appends=60, sync_every=5, dictionary=CRASH_TRIGGER
+        )
+    return found
+
+
+def dictionary_crash_report(*, thorough: bool) -> DictionaryCrashReport:
+    """Explore :func:`dictionary_workloads` and the broken variants on the first of them;
+    ``AssertionError`` on any violation, a trace without a dictionary segment, or a broken
+    variant not caught."""
+    from tests.logdictionary import segment_dictionaries  # noqa: PLC0415 (no cycle at import)
+
+    rows: list[tuple[str, int, int, int]] = []
+    for name, factory in dictionary_workloads(thorough=thorough).items():
+        workload = factory()
+        if not any(d is not None for d in segment_dictionaries(WAL, workload.fs)):
+            raise AssertionError(f"{name}: the trace never reached a dictionary rotation")
+        outcome = explore(workload)
+        if outcome.violations:
+            raise AssertionError(f"{name}: {outcome}")
+        rows.append((name, outcome.total_states, outcome.crash_points, outcome.violations))
+    broken: list[tuple[str, int, int]] = []
+    for variant, make in BROKEN_VARIANTS.items():
+        outcome = explore(run_workload(variant, appends=24, fs=make(), dictionary=CRASH_TRIGGER))
+        caught = states_showing_the_bug(outcome)
+        if not caught:
+            raise AssertionError(f"broken variant not caught with dictionaries: {variant}")
+        broken.append((variant, caught, outcome.total_states))
+    return DictionaryCrashReport(rows, broken)
