@@ -100,8 +100,8 @@ def space_and_speed(count: int) -> list[tuple[str, float, float, int]]:
 
 
 def reliability_section() -> str:
-    """The ``docs/reliability.md`` section on segment dictionaries (runs the checks: about a
-    minute). ``AssertionError`` when a crash state violates a guarantee, a broken variant goes
+    """The ``docs/reliability.md`` section on segment dictionaries (runs the checks: a few
+    seconds). ``AssertionError`` when a crash state violates a guarantee, a broken variant goes
     uncaught, or the records do not read back."""
     from tests.crashcheck import dictionary_crash_report  # noqa: PLC0415 (heavy, optional)
 
