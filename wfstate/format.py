@@ -30,7 +30,9 @@ SEGMENT_HAS_DICTIONARY: Final = 0x1  # flags bit 0 (version 3)
 DICTIONARY_BLOCK = struct.Struct("<IIQ")  # dict_length, reserved, dict_checksum (§2.1.1)
 DICTIONARY_BLOCK_SIZE: Final = 16
 assert DICTIONARY_BLOCK.size == DICTIONARY_BLOCK_SIZE
-MAX_DICTIONARY: Final = 1 << 20
+MAX_DICTIONARY: Final = 65448
+"""The largest ``dict_length``: ``header_size`` (2 bytes) must hold ``80 + pad8(dict_length)``."""
+assert SEGMENT_HEADER_SIZE + DICTIONARY_BLOCK_SIZE + MAX_DICTIONARY <= 0xFFFF
 MAX_SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER_SIZE + DICTIONARY_BLOCK_SIZE + MAX_DICTIONARY
 
 # -- record header (docs/format.md §3) --------------------------------------------------------

@@ -81,7 +81,13 @@ from wfstate.format import (
     unpack_hint,
 )
 from wfstate.fs import OS_FS, FileSystem, make_dirs
-from wfstate.wal.codec import Compression, Dictionary, compress, train_dictionary
+from wfstate.wal.codec import (
+    DICTIONARY_MAX_PAYLOAD,
+    Compression,
+    Dictionary,
+    compress,
+    train_dictionary,
+)
 from wfstate.wal.index import RecordIndex, read_record_at
 from wfstate.wal.reader import (
     DamageCallback,
@@ -820,7 +826,7 @@ class Log:
         threshold = max(self._compression.threshold, 1)
         for queued in batch:
             payload = queued[5]
-            if len(payload) < threshold:
+            if not threshold <= len(payload) <= DICTIONARY_MAX_PAYLOAD:
                 continue
             samples.append(payload)
             self._sample_bytes += len(payload)
