@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import wfstate.twophase
-from tests import crashmixed, faultinject, storecorruption, storemachine
+from tests import crashmixed, faultinject, logdictionary, storecorruption, storemachine
 from tests.crashcheck import (
     BROKEN_VARIANTS,
     CK_VIOLATIONS,
@@ -228,6 +228,7 @@ def _sections() -> tuple[list[str], int]:
         ("state machine", storemachine.reliability_section),
         ("error injection", faultinject.reliability_section),
         ("corruption", storecorruption.reliability_section),
+        ("segment dictionaries", logdictionary.reliability_section),
     ):
         start = time.perf_counter()
         try:
