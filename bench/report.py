@@ -555,8 +555,8 @@ def store_notes(results: Results) -> list[str]:
             "keeps, with their history, + the log left) vs the final states as JSON "
             "(json_rewrite's files, whose own saving is 0 by definition); "
             "sqlite_full: its database file; codec alone: Log.appended_bytes (msgpack payload "
-            "vs stored, framing excluded); default compression settings (zstd level 3, a dictionary per segment for "
-            "records up to 4 KiB)"
+            "vs stored, framing excluded); default compression settings (zstd level 3, "
+            "a dictionary per segment for records up to 4 KiB)"
         )
     if any(row.key.startswith("P9") and row.key in results.store for row in STORE_ROWS):
         out.append(
