@@ -36,12 +36,12 @@ from wfstate.format import (
     pack_segment_header,
     xxh3,
 )
-from wfstate.fs import OS_FS
+from wfstate.fs import OS_FS, FileSystem
 from wfstate.wal import Compression, Log, LogDamage, LogScan, Record, list_segments
 from wfstate.wal import codec as codec_module
 from wfstate.wal import segment as segment_module
 from wfstate.wal.codec import DICTIONARY_MAX_PAYLOAD
-from wfstate.wal.segment import Cursor, header_is_torn_creation, walk
+from wfstate.wal.segment import Cursor, SegmentFile, header_is_torn_creation, walk
 
 PAYLOADS = fixture_payloads(400)
 
@@ -384,3 +384,26 @@ def test_a_dictionary_too_large_for_a_header_is_not_trained_and_the_log_goes_on(
             log.append(payload)
     assert segment_dictionaries(wal) == [None]
     assert read_payloads(wal) == PAYLOADS[:150]
+
+
+def test_reads_by_position_read_a_segments_dictionary_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load reads a workflow's records one by one (``read_at``): the segment's header and
+    dictionary are read and verified once per handle, not once per record."""
+    wal = str(tmp_path / "wal")
+    write_log(wal, PAYLOADS[:120])
+    heads: list[str] = []
+
+    def counting_read_head(fs: FileSystem, seg: SegmentFile) -> bytes:
+        heads.append(seg.path)
+        return segment_module.read_head(fs, seg)
+
+    monkeypatch.setattr("wfstate.wal.index.read_head", counting_read_head)
+    with Log.open(wal) as log:
+        assert len(list(log.read())) == 120  # read_at reads records this handle read
+        second = list_segments(OS_FS, wal)[1].first_lsn
+        for lsn in range(second, 121):
+            assert log.read_at(lsn).payload == PAYLOADS[lsn - 1]
+    assert codecs_by_segment(wal)[2][CODEC_ZSTD_DICT] > 80
+    assert heads == [list_segments(OS_FS, wal)[1].path]

@@ -1125,7 +1125,7 @@ class Log:
         where = self._index.locate(lsn)
         if where is None:
             raise NotFoundError(f"lsn: record {lsn} is not known to this handle")
-        return read_record_at(self._fs, lsn, where)
+        return read_record_at(self._fs, lsn, where, self._index.dictionaries)
 
 
 def check_options(
