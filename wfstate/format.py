@@ -287,7 +287,12 @@ class SegmentHeader(NamedTuple):
     @property
     def codecs(self) -> frozenset[int]:
         """The record codecs valid in this segment (§3.1 rule 2)."""
-        return CODECS if self.dictionary is None else DICTIONARY_CODECS
+        return segment_codecs(self.dictionary is not None)
+
+
+def segment_codecs(has_dictionary: bool) -> frozenset[int]:
+    """The record codecs valid in a segment with or without a dictionary (§3.1 rule 2)."""
+    return DICTIONARY_CODECS if has_dictionary else CODECS
 
 
 def dictionary_header_size(dictionary: bytes | None) -> int:

@@ -38,11 +38,10 @@ from typing import NamedTuple
 
 from wfstate.errors import CorruptionError
 from wfstate.format import (
-    CODECS,
-    DICTIONARY_CODECS,
     RECORD_HEADER_SIZE,
     LogStart,
     broken_name,
+    segment_codecs,
     segment_name,
 )
 from wfstate.fs import FileSystem
@@ -141,7 +140,7 @@ def follow(
         if size > tail.offset:
             buf = fs.read_range(seg.path, tail.offset, size - tail.offset)
             dictionary = tail.dictionary
-            cur = Cursor(0, tail.seed, tail.next_lsn, _codecs(dictionary))
+            cur = Cursor(0, tail.seed, tail.next_lsn, segment_codecs(dictionary is not None))
             seed = tail.seed
             for offset, h in walk(buf, cur):
                 payload = b""
@@ -194,11 +193,6 @@ def _at_start(fs: FileSystem, wal_dir: str, start: LogStart, tail: TailPosition)
         tail.epoch,
         Dictionary.of(header.dictionary),
     )
-
-
-def _codecs(dictionary: Dictionary | None) -> frozenset[int]:
-    """The record codecs valid in a segment with ``dictionary`` (docs/format.md §3.1)."""
-    return CODECS if dictionary is None else DICTIONARY_CODECS
 
 
 def _repair_tail(
