@@ -22,6 +22,7 @@ and reused by later runs: delete the directory to rebuild). ``py-spy record -o o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import itertools
@@ -35,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
+from unittest import mock
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -156,7 +158,9 @@ def _fresh_handles(
     directory: str, fs: FileSystem, read: Callable[[LocalStore], list[WorkflowState]]
 ) -> Rounds:
     """A round opens a fresh handle on ``directory`` and ``read``s through it; what it read
-    and the handles are dropped after the timed rounds (as bench/test_store_workloads.py)."""
+    and its handle are dropped, untimed, before the next round and after the last (as
+    bench/test_store_workloads.py's per-round teardown), so no round pays for the objects of
+    the rounds before it (the collector's passes grow with the live heap)."""
     opened: list[LocalStore] = []
     kept: list[object] = []
 
@@ -173,7 +177,7 @@ def _fresh_handles(
             store.close()
         opened.clear()
 
-    return Rounds(round_, teardown)
+    return Rounds(round_, teardown, before_each=teardown)
 
 
 # -- P5, P5b: the big store -----------------------------------------------------------------
@@ -196,6 +200,13 @@ def _big_store(workdir: str, full: bool) -> BigStore:
 
 def _all(store: LocalStore) -> list[WorkflowState]:
     return [store.load(w) for w in store.list_workflows()]
+
+
+def _all_unpaused(store: LocalStore) -> list[WorkflowState]:
+    """:func:`_all` with ``wfstate.collectorpause`` taken out of the load path (the
+    before/after of docs/profiling.md's collector figures)."""
+    with mock.patch("wfstate.backends.local.collector_paused", contextlib.nullcontext):
+        return _all(store)
 
 
 def _big_store_path(
@@ -263,8 +274,10 @@ def paths(full: bool) -> dict[str, Path]:
                  _p4, syncs=True, rounds=30),
             Path("p5", "P5: fresh handle on the log-only big store, load every workflow",
                  _big_store_path("wfstate", _all, full), syncs=False, rounds=3),
-            Path("p5-ck", "P5: the same on the compacted big store (checkpoints)",
+            Path("p5-ck", "P5: the same on the big store built with the default checkpoint policy",
                  _big_store_path(CHECKPOINTED, _all, full), syncs=False, rounds=3),
+            Path("p5-ck-unpaused", "P5: the same, the collector not paused while loads decode",
+                 _big_store_path(CHECKPOINTED, _all_unpaused, full), syncs=False, rounds=3),
             Path("p5b", "P5b: fresh handle on the log-only big store, load the first workflow",
                  _big_store_path("wfstate", lambda s: [s.load(workflow_id(0))], full),
                  syncs=False, rounds=5),

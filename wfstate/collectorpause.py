@@ -3,10 +3,11 @@
 Why: decoding a workflow state allocates one container per output document and per nested
 dict or list, and every allocation counts toward the collector's thresholds, so collections run
 in the middle of a decode and traverse the states loaded before it again. Measured side by side
-on BENCHMARKS.md's big store (100 workflows of 1,000 outputs, default checkpoint policy):
-opening it and loading every workflow took 1.52 s without the pause and 0.90 s with it (0.70 s
-with the collector off throughout, which only the application may decide). A decode makes no
-reference cycles, so nothing the pause defers is garbage that a collection could free.
+on BENCHMARKS.md's big store (100 workflows of 1,000 outputs, default checkpoint policy) with
+``python -m tools.profile_paths p5-ck p5-ck-unpaused --full --no-profile``: a fresh handle
+loading every workflow took 1.97-2.01 s (median of 3 rounds, two runs alternated) with the pause
+and 2.68-3.02 s without it. A decode makes no reference cycles, so nothing the pause defers is
+garbage that a collection could free.
 
 Contract: while at least one :func:`collector_paused` block runs, in any thread, automatic
 collection is off; when the last one ends, the collector is back to what it was before the
