@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import threading
@@ -192,6 +193,42 @@ def test_closed_store_refuses_work(open_store: Opener) -> None:
 
 
 # -- the local backend only -------------------------------------------------------------------
+def _left_after_close(path: str, loads: bool) -> int:
+    """How many more objects the cyclic collector tracks once a closed handle is dropped,
+    with the collector off meanwhile: the handle sits in reference cycles, so whatever it
+    still holds stays until a collection. With ``loads``, the handle loaded a workflow of 400
+    outputs (each with a list, which the collector tracks) and checkpointed it (its
+    parent-state cache)."""
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        store = LocalStore.open(path)
+        if loads:
+            store.load("w1")
+            store.checkpoint("w1")
+        store.close()
+        del store
+        return len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+def test_closing_drops_the_loaded_states_without_the_cyclic_collector(tmp_path: Path) -> None:
+    """close() releases the cached and parent states, so they are freed at once by reference
+    counting and not by a later full collection in the middle of the application's work (it
+    cost 0.7 s after loading BENCHMARKS.md's big store)."""
+    path = str(tmp_path / "store")
+    with LocalStore.open(path) as store:
+        store.commit([create("w1", steps=400)])
+        store.commit(
+            [PutStepOutput(workflow_id="w1", step_id=f"s{i}", data=[i], at=0) for i in range(400)]
+        )
+    baseline = _left_after_close(path, loads=False)
+    assert _left_after_close(path, loads=True) < baseline + 100
+
+
 def test_local_store_reopens_to_the_same_states(tmp_path: Path) -> None:
     path = str(tmp_path / "store")
     with LocalStore.open(path) as store:

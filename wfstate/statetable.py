@@ -99,6 +99,18 @@ class StateTable:
     def ids(self) -> list[str]:
         return sorted(self._entries)
 
+    def release(self) -> None:
+        """Drop every materialized state (the store is closing; nothing reads them again).
+
+        A store's handle is held in reference cycles (bound methods, hooks), so without this
+        its cached states would live until the cyclic collector reaches the handle: a full
+        collection traversing and freeing them, paid by whatever code runs then, in the
+        middle of the application's next work. The memory backend's states go with it: its
+        table is all it has, and a closed store is never read again.
+        """
+        self._cache.clear()
+        self._cached_bytes = 0
+
     @property
     def cached_bytes(self) -> int:
         """The estimated size of the states held materialized (see the class docstring)."""
@@ -437,10 +449,12 @@ class TableStore:
         return lsn
 
     def _mark_closed(self) -> bool:
-        """Mark the store closed; False if it already was."""
+        """Mark the store closed, dropping its materialized states (``StateTable.release``);
+        False if it already was."""
         with self._mutex:
             was_open = not self._closed
             self._closed = True
+            self._table.release()
             return was_open
 
     def _check_open(self) -> None:

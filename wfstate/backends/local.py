@@ -385,6 +385,7 @@ class LocalStore(TableStore):
         release a session's lock or to close the log raises ``StorageIOError`` (the store is
         closed all the same; a lock is released by the OS when the process ends)."""
         if self._mark_closed():
+            self._recent.clear()  # parent states: dropped now, not by the cyclic collector
             try:
                 for session in list(self._owned.values()):
                     session.close()
