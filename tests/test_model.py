@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any
 
@@ -633,3 +634,19 @@ def test_validate_json_accepts_exactly_the_json_like_values(value: object) -> No
 def test_validate_json_accepts_subclasses_of_the_json_types() -> None:
     assert not _is_json_like({"a": _Text("x")})  # off the fast path ...
     validate_json({"a": [_Text("x")]}, "d")  # ... and accepted by the full check
+
+
+def test_states_are_not_tracked_by_the_cyclic_collector() -> None:
+    """gc=False on every state Struct (module docstring): a decoded state's Structs never
+    join the collector's generations; only the JSON containers inside outputs do."""
+    state = decode_state(encode_state(full_state()))
+    structs = [
+        state, state.metadata, state.workflow, state.context, state.performance,
+        *state.workflow.steps, *state.agents.values(),
+        *(o for versions in state.outputs.values() for o in versions),
+    ]  # fmt: skip
+    assert {type(s) for s in structs} >= {
+        WorkflowState, StateMetadata, Workflow, WorkflowContext, PerformanceMetrics,
+        WorkflowStep, AgentState, StepOutput,
+    }  # fmt: skip
+    assert not any(gc.is_tracked(s) for s in structs)

@@ -4,6 +4,12 @@ A :class:`WorkflowState` is a value: every Struct here is frozen, and :mod:`wfst
 builds a new state for every change, sharing the unchanged parts with the old one. The dicts
 inside a state are plain dicts; treat them as read-only, since states share them.
 
+The Structs are not tracked by the cyclic garbage collector (msgspec's ``gc=False``): a loaded
+state of 1,000 outputs holds about 2,000 fewer objects for the collector to traverse again and
+again while it stays loaded (BENCHMARKS.md P5 loads 100 of them). A state is freed by reference
+counting; it could only leak if a dict inside it were made to refer back to a Struct that holds
+it, which the read-only rule above and :func:`validate_json` (no Structs in JSON data) exclude.
+
 Encoding
     :func:`encode_state` writes MessagePack with dict keys sorted (msgspec's ``deterministic``
     order) and fields equal to their default omitted, so equal states encode to equal bytes
@@ -77,8 +83,10 @@ class _Model(
     kw_only=True,
     forbid_unknown_fields=False,
     omit_defaults=True,
+    gc=False,
 ):
-    """Configuration shared by every state Struct (inherited by subclasses)."""
+    """Configuration shared by every state Struct (inherited by subclasses); ``gc=False``: see
+    the module docstring."""
 
 
 class WorkflowStep(_Model, frozen=True, kw_only=True):
