@@ -504,11 +504,19 @@ def test_a_full_state_without_its_checksum_is_corruption() -> None:
 
 @pytest.mark.parametrize("v", [SCHEMA_VERSION + 1, 0])
 def test_a_payload_of_another_schema_version_is_refused_unread(v: int) -> None:
-    # everything but `v` is garbage: a newer document is never decoded
+    # everything but `v` is garbage: a newer document is judged by its version, not its fields
     with pytest.raises(SchemaVersionError) as info:
         decode(with_payload({"v": v, "state": 1, "id": 2}))
     assert info.value.found == v
     assert info.value.supported == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("v", [SCHEMA_VERSION + 1, 0])
+def test_a_payload_of_another_schema_version_is_refused_where_its_fields_decode(v: int) -> None:
+    # the payload decodes in one pass when it can; its `v` is still checked before any use
+    with pytest.raises(SchemaVersionError) as info:
+        decode(with_payload(full_payload(v=v)))
+    assert info.value.found == v
 
 
 # -- the state an incremental checkpoint yields -----------------------------------------------

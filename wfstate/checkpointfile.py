@@ -480,17 +480,30 @@ def decode_checkpoint(data: bytes, path: str, *, epoch: int) -> DecodedCheckpoin
 
 
 def _decode_payload(raw: bytes, path: str) -> _Payload:
-    """The payload map: ``v`` first (docs/format.md §5.1's order), then every field."""
+    """The payload map, judged by its ``v`` first (docs/format.md §5.1's order): a payload of
+    another schema version is a SchemaVersionError even where its fields do not decode.
+
+    One pass in the common case: each pass walks the whole embedded state (about 0.2 ms per
+    MB), so ``v`` alone is decoded only when the whole payload is not of this version."""
+    try:
+        document = _PAYLOAD_DECODER.decode(raw)
+    except msgspec.MsgspecError as exc:
+        _check_version(raw, path)
+        raise CorruptionError(path, _PAYLOAD_OFFSET, f"checkpoint payload: {exc}") from exc
+    if document.v != SCHEMA_VERSION:
+        _check_version(raw, path)
+    return document
+
+
+def _check_version(raw: bytes, path: str) -> None:
+    """SchemaVersionError if the payload's ``v`` is not :data:`SCHEMA_VERSION`,
+    CorruptionError if it has none that decodes."""
     try:
         version = _VERSION_DECODER.decode(raw).v
     except msgspec.MsgspecError as exc:
         raise CorruptionError(path, _PAYLOAD_OFFSET, f"checkpoint payload: {exc}") from exc
     if version != SCHEMA_VERSION:
         raise SchemaVersionError(path, version, supported=SCHEMA_VERSION, oldest=SCHEMA_VERSION)
-    try:
-        return _PAYLOAD_DECODER.decode(raw)
-    except msgspec.MsgspecError as exc:
-        raise CorruptionError(path, _PAYLOAD_OFFSET, f"checkpoint payload: {exc}") from exc
 
 
 def _check_payload(document: _Payload, header: CheckpointHeader, path: str) -> None:
