@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-gate benchmarks reliability clean
+.PHONY: demo test test-slow bench bench-gate bench-ci benchmarks reliability clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(MAKE) --no-print-directory bench-ci
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -33,12 +34,17 @@ bench: $(STAMP)
 	$(BENCH)
 
 # The seed-target gate: the quick mode, failing when a seed target of BENCHMARKS.md is missed.
-# Not part of `make test` (so not of CI) while P5 and P8 miss theirs (docs/benchmarks.md):
-# wired in, it would fail every CI run until they are met.
+# bench-gate allows no miss; bench-ci (the last step of `make test`, so of CI) allows the known
+# misses of bench/gate.py's KNOWN_MISSES, printing each on every run (bench/README.md).
 bench-gate: $(STAMP)
 	mkdir -p $(BENCH_JSON)
 	WFSTATE_BENCH_QUICK=1 $(BENCH) --benchmark-json=$(BENCH_JSON)/quick.json
 	$(PY) -m bench.gate $(BENCH_JSON)/quick.json
+
+bench-ci: $(STAMP)
+	mkdir -p $(BENCH_JSON)
+	WFSTATE_BENCH_QUICK=1 $(BENCH) --benchmark-json=$(BENCH_JSON)/quick.json
+	$(PY) -m bench.gate --allow-known-misses $(BENCH_JSON)/quick.json
 
 # The one command that rewrites docs/benchmarks.md and its plot from a full run.
 benchmarks: $(STAMP)

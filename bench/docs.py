@@ -17,6 +17,7 @@ import matplotlib
 import msgspec
 
 from bench import report
+from bench.gate import KNOWN_MISSES as KNOWN
 
 matplotlib.use("Agg")
 
@@ -96,13 +97,18 @@ def document(results: report.Results, run: str, plot_name: str) -> list[str]:
         "",
         "## Seed targets (the gate)",
         "",
-        "`make bench-gate` runs the suite in quick mode and fails when one of these is missed "
-        "(`python -m bench.gate`). It is not part of `make test` (CI) while P5 and P8 miss "
-        "theirs: wired in, it would fail every CI run.",
+        "`make test` (so CI) ends with the suite in quick mode and fails when one of these is "
+        "missed (`make bench-ci`: `python -m bench.gate --allow-known-misses`), except the "
+        "known misses of `bench/gate.py`, printed on every run with their reason; "
+        f"`make bench-gate` allows none. This run ({mode}):",
         "",
     ]
     if misses or gaps:
-        out += [f"- **MISSED** {m}" for m in misses]
+        out += [
+            f"- **MISSED** {m}"
+            + (" (a known miss: `KNOWN_MISSES`, not failing CI)" if m.split()[0] in KNOWN else "")
+            for m in misses
+        ]
         out += [f"- **not measured** {g}" for g in gaps]
     else:
         out.append("- every seed target met")
