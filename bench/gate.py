@@ -43,8 +43,8 @@ def gate_failures(results: report.Results, allowed: Mapping[str, str] | None = N
     allowed = allowed or {}
     failures = [
         f"seed target missed: {miss}"
-        for miss in report.seed_target_misses(results)
-        if miss.split()[0] not in allowed
+        for key, miss in report.missed_seed_targets(results).items()
+        if key not in allowed
     ]
     failures += [f"seed target not measured: {key}" for key in report.seed_target_gaps(results)]
     return failures
@@ -53,7 +53,7 @@ def gate_failures(results: report.Results, allowed: Mapping[str, str] | None = N
 def allowed_misses(results: report.Results, allowed: Mapping[str, str]) -> list[str]:
     """The lines printed for the rows of ``allowed``: each miss with its reason, or that the
     row now meets its seed target."""
-    missed = {miss.split()[0]: miss for miss in report.seed_target_misses(results)}
+    missed = report.missed_seed_targets(results)
     lines = []
     for key, why in allowed.items():
         if key in missed:
