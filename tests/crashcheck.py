@@ -27,6 +27,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
 
 from tests.simfs import Create, SimFileSystem
 from wfstate.backends.local import LocalStore
@@ -546,8 +549,27 @@ class CheckpointDriver:
         for k, index in enumerate(indexes):
             assert index == indexes[0], f"handle {k}'s index differs from handle 0's"
         for store in self.stores:
-            store.close()
+            self._close(store)
         return self.w
+
+    def _close(self, store: LocalStore) -> None:
+        """Close ``store``, noting a compaction its policy makes it take on close: its
+        checkpoints once it returned, its discard once ``close`` returned."""
+        reports: list[CompactionReport] = []
+        compact = store.compact
+
+        def noting(*, dry_run: bool = False) -> CompactionReport:
+            report = compact(dry_run=dry_run)
+            reports.append(report)
+            self.figures["compactions"] += 1
+            self.figures["compactions on close"] += 1
+            self.figures["segments discarded"] += len(report.segments_discarded)
+            self._observe(store)
+            return report
+
+        setattr(store, "compact", noting)  # noqa: B010 (an instance attribute)
+        store.close()
+        self.w.discards += [(self.fs.op_count, r.log_first_lsn) for r in reports]
 
 
 @dataclass
@@ -748,6 +770,24 @@ def checkpoints_one_handle(fs: SimFileSystem | None = None) -> CheckpointWorkloa
     assert d.compact(0).segments_discarded, "the workload must discard segments"
     d.commit(len(d.plan))
     return d.finish()
+
+
+CLOSE_POLICY: Final = msgspec.structs.replace(MANUAL_ONLY, compact_on_close_bytes=1)
+"""No automatic work but the compaction on close, whatever the log holds."""
+
+
+def checkpoints_close(fs: SimFileSystem | None = None) -> CheckpointWorkload:
+    """21 batches by one handle whose policy compacts on close, a checkpoint of one workflow
+    midway; then ``close``: its compaction checkpoints the workflows, writes the anchor,
+    moves ``START``, deletes the segments before it, and retention runs."""
+    d = CheckpointDriver("checkpoints-close", store_plan(), policy=CLOSE_POLICY, fs=fs)
+    d.commit(9)
+    d.checkpoint(0, CK_WORKFLOWS[0])
+    d.commit(len(d.plan))
+    w = d.finish()
+    assert d.figures["compactions on close"] == 1, d.figures
+    assert d.figures["segments discarded"] >= 1, "the close must discard segments"
+    return w
 
 
 def checkpoints_two_handles(fs: SimFileSystem | None = None) -> CheckpointWorkload:

@@ -34,6 +34,7 @@ from tests.crashcheck import (
     NoCheckpointFileSyncFS,
     Outcome,
     SlowSyncFS,
+    checkpoints_close,
     checkpoints_large,
     checkpoints_one_handle,
     checkpoints_two_handles,
@@ -85,6 +86,7 @@ CK_FIGURES_HEADER = (
 CK_WORKLOADS: dict[str, Callable[[], CheckpointWorkload]] = {
     "1 handle, 21 batches (default test run)": checkpoints_one_handle,
     "2 handles in turn, 21 batches (default test run)": checkpoints_two_handles,
+    "1 handle, 21 batches, compacting on close (default test run)": checkpoints_close,
     "1 handle, 33 batches, automatic checkpoints (-m slow)": lambda: checkpoints_large(1),
     "2 handles in turn, 33 batches, automatic checkpoints (-m slow)": lambda: checkpoints_large(2),
 }

@@ -35,6 +35,7 @@ from tests.crashcheck import (
     CrashOutcome,
     NoCheckpointDirSyncFS,
     NoCheckpointFileSyncFS,
+    checkpoints_close,
     checkpoints_large,
     checkpoints_one_handle,
     checkpoints_two_handles,
@@ -65,6 +66,17 @@ def test_checkpoints_retention_and_compaction_survive_every_crash_state(
     crash_report: list[str],
 ) -> None:
     w = checkpoints_one_handle()
+    o = explore_checkpoints(w)
+    crash_report.append(_report(w, o))
+    _assert_clean(o)
+    assert o.total_states > 500
+
+
+def test_a_close_that_compacts_survives_every_crash_state(crash_report: list[str]) -> None:
+    """``compact_on_close_bytes``: a crash anywhere inside ``close``'s compaction leaves the
+    old log or the new one, every acknowledged batch and checkpoint, and once ``close``
+    returned, no discarded segment back."""
+    w = checkpoints_close()
     o = explore_checkpoints(w)
     crash_report.append(_report(w, o))
     _assert_clean(o)

@@ -168,8 +168,9 @@ PRODUCTION: Final = StoreConfig()
 ``durability="always"``: a commit returns once an fdatasync covers it (concurrent commits
 share one), so neither a process crash nor an OS crash or power loss loses an acknowledged
 commit. zstd level 3 for a dense log. The default checkpoint policy (a checkpoint per
-workflow every 1,000 batches, compaction every 16 MiB of log, an ``error`` checkpoint after
-a failure) with retention keeping the newest 10 checkpoints per workflow.
+workflow every 1,000 batches, compaction every 16 MiB of log and on a close after at least
+1 MiB, an ``error`` checkpoint after a failure) with retention keeping the newest 10
+checkpoints per workflow.
 """
 
 HIGH_THROUGHPUT: Final = StoreConfig(
@@ -179,6 +180,7 @@ HIGH_THROUGHPUT: Final = StoreConfig(
     checkpoints=CheckpointPolicy(
         every_batches=10_000,
         every_log_bytes=1024 * _MiB,
+        compact_on_close_bytes=None,
         retention=RetentionPolicy(keep_last=5),
     ),
     cache_bytes=512 * _MiB,
@@ -192,7 +194,9 @@ acceptable.
 off the commit path's critical CPU. 64 MiB segments rotate (and fsync on rotation) less
 often. Automatic checkpoints every 10,000 batches and compaction every 1 GiB of log take
 less time from commits, at the price of longer replays on load and a larger log between
-compactions; retention keeps the newest 5. A 512 MiB cache rebuilds states less often.
+compactions; retention keeps the newest 5. No compaction on close: a shutdown (a deploy)
+stays instant, and the next open scans the log since the last compaction instead. A 512 MiB
+cache rebuilds states less often.
 """
 
 PRESETS: Final[Mapping[str, StoreConfig]] = MappingProxyType(

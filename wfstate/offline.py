@@ -41,7 +41,9 @@ __all__ = [
 DEFAULT_LOCK_TIMEOUT = 10.0
 """Seconds an operator's command waits for the writers' lock held by a running process."""
 
-_NO_AUTOMATIC = CheckpointPolicy(every_batches=None, every_log_bytes=None, on_error=False)
+_NO_AUTOMATIC = CheckpointPolicy(
+    every_batches=None, every_log_bytes=None, compact_on_close_bytes=None, on_error=False
+)
 
 
 class OfflineStore(NamedTuple):

@@ -71,6 +71,7 @@ from wfstate.checkpointreports import (
 from wfstate.checkpoints import CheckpointFiles, Prepared
 from wfstate.collectorpause import collector_paused
 from wfstate.errors import (
+    ClosedError,
     CorruptionError,
     LockTimeoutError,
     NotFoundError,
@@ -383,7 +384,17 @@ class LocalStore(TableStore):
     def close(self) -> None:
         """Sync and release the store (its log and lock handle); idempotent. A failure to
         release a session's lock or to close the log raises ``StorageIOError`` (the store is
-        closed all the same; a lock is released by the OS when the process ends)."""
+        closed all the same; a lock is released by the OS when the process ends).
+
+        First, under the policy's ``compact_on_close_bytes``, compact and apply retention so
+        that the next open scans no log (:class:`~wfstate.checkpointpolicy.CheckpointPolicy`).
+        That compaction is :meth:`compact`'s, with its crash safety: a crash or kill during
+        it leaves the old log or the new one, each rebuilding the same states. Its failure is
+        logged and counted as an automatic one (``stats().auto_checkpoint_failures``), never raised:
+        nothing is lost, the next open scans the log instead; a poisoned store skips it."""
+        threshold = self._policy.compact_on_close_bytes
+        if threshold is not None and self._logged_bytes >= threshold and self._poison is None:
+            self._compact_automatically("on close")
         if self._mark_closed():
             self._recent.clear()  # parent states: dropped now, not by the cyclic collector
             try:
@@ -1850,12 +1861,19 @@ class LocalStore(TableStore):
                 self._auto_failures += 1
                 _LOG.warning("automatic %s checkpoint of %r failed: %s", kind, workflow_id, exc)
         if policy.every_log_bytes is not None and self._logged_bytes >= policy.every_log_bytes:
-            try:
-                self.compact()
-                self.retain()
-            except (WfstateError, OSError) as exc:
-                self._auto_failures += 1
-                _LOG.warning("automatic compaction failed: %s", exc)
+            self._compact_automatically("automatic")
+
+    def _compact_automatically(self, kind: str) -> None:
+        """:meth:`compact`, then :meth:`retain` by the policy; a failure is logged and counted,
+        not raised (the commit or close that asked for it succeeded; the log stays whole)."""
+        try:
+            self.compact()
+            self.retain()
+        except ClosedError:
+            return  # closed by another thread meanwhile: nothing to compact for
+        except (WfstateError, OSError) as exc:
+            self._auto_failures += 1
+            _LOG.warning("%s compaction failed: %s", kind, exc)
 
 
 class Session:
