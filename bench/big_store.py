@@ -17,13 +17,22 @@ is the same batches committed to a second ``LocalStore`` with the **default** ch
 workflow, a compaction every ``every_log_bytes`` logged, retention after it): the store a user
 who changes no setting has after the same work (closed before any measurement, like the rest).
 The seed targets of P5, P5b and P7 are judged on it; the log-only store shows the worst case
-(a store whose application turned automatic checkpoints off).
+(a store whose application turned automatic checkpoints off). Its ``close()`` compacts the log
+(``compact_on_close_bytes``), as a clean shutdown does.
+
+``after_crash/wfstate/`` (system ``wfstate+crash``, :attr:`BigStore.crashed`) is the
+default-policy store as a crash leaves it: a copy of its directory taken before that close,
+while the handle was open with every batch written (what ``kill -9`` of the process then
+leaves on disk: durability ``none`` writes each batch to the OS before ``commit`` returns, and
+the copy reads it from there). Reopening it scans the log since the last automatic compaction;
+P5 and P5b report it, ungated.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from typing import Final
@@ -36,7 +45,7 @@ from fixtures.reference_states import big_store_batches
 from wfstate.backends.local import LocalStore
 from wfstate.checkpointpolicy import DEFAULT_POLICY, MANUAL_ONLY
 
-__all__ = ["BIG_STORE_SHAPE", "CHECKPOINTED", "BigStore", "build_big_store"]
+__all__ = ["BIG_STORE_SHAPE", "CHECKPOINTED", "CRASHED", "BigStore", "build_big_store"]
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -59,6 +68,12 @@ CHECKPOINTED: Final = "wfstate+checkpoints"
 
 #: Where, under a big store's root, the default-policy store's own root is (it holds ``wfstate/``).
 _CHECKPOINTED_ROOT: Final = "with_checkpoints"
+
+#: The system name of the default-policy store as a crash before its close leaves it.
+CRASHED: Final = "wfstate+crash"
+
+#: Where, under a big store's root, that copy is (``after_crash/wfstate/``).
+_CRASHED_ROOT: Final = "after_crash"
 
 
 @dataclass(frozen=True)
@@ -86,9 +101,11 @@ class BigStore:
 
     def directory(self, system: str) -> str:
         """The directory to ``open`` for ``system`` (``wfstate``, ``wfstate+checkpoints``,
-        ``json_rewrite``)."""
+        ``wfstate+crash``, ``json_rewrite``)."""
         if system == CHECKPOINTED:
             return self.checkpointed.directory("wfstate")
+        if system == CRASHED:
+            return os.path.join(self.root, _CRASHED_ROOT, "wfstate")
         return os.path.join(self.root, system)
 
     @property
@@ -166,6 +183,7 @@ def _build_checkpointed(big: BigStore) -> None:
         for batch in big_store_batches(big.workflows, big.per_workflow):
             store.commit(batch)
         stats = store.stats()
+        shutil.copytree(directory, big.directory(CRASHED))  # the crash image (module docstring)
     finally:
         store.close()
     if stats.auto_checkpoint_failures:

@@ -147,6 +147,14 @@ STORE_ROWS: tuple[StoreRow, ...] = (
         data="big store",
     ),
     StoreRow(
+        "P5+crash",
+        "P5 ... default policy, after a crash",
+        "ms",
+        "json_rewrite",
+        target=Bound(P5_VS_JSON, relative=True),
+        data="big store",
+    ),
+    StoreRow(
         "P5b",
         "P5b reopen big store + load first, log only",
         "ms",
@@ -157,6 +165,14 @@ STORE_ROWS: tuple[StoreRow, ...] = (
     StoreRow(
         "P5b+ck",
         "P5b ... default checkpoint policy",
+        "ms",
+        "json_rewrite",
+        target=Bound(P5B_MAX_MS),
+        data="big store",
+    ),
+    StoreRow(
+        "P5b+crash",
+        "P5b ... default policy, after a crash",
         "ms",
         "json_rewrite",
         target=Bound(P5B_MAX_MS),
@@ -540,6 +556,12 @@ def store_notes(results: Results) -> list[str]:
             "workflow, a compaction every every_log_bytes logged, retention after it); "
             "'log only' rows: the same batches with automatic checkpoints off (MANUAL_ONLY), "
             "not gated; the peers' numbers are the same in both rows"
+        )
+    if any(row.key.endswith("+crash") and row.key in results.store for row in STORE_ROWS):
+        out.append(
+            "'after a crash' rows: the default-policy store copied before its close, as a "
+            "crash leaves it: its clean close compacts the log (compact_on_close_bytes), "
+            "this copy's reopen scans the log since the last automatic compaction; not gated"
         )
     if any(row.key.startswith("P6") and row.key in results.store for row in STORE_ROWS):
         out.append(

@@ -11,6 +11,8 @@ same typed ``WorkflowState`` wfstate returns.
 P5, P5b and P7 also measure ``wfstate+checkpoints``: wfstate on the big store built with the
 default checkpoint policy (automatic checkpoints and compaction; ``bench/big_store.py``), in
 rows of their own beside the log-only ``wfstate`` ones; the seed targets are judged on it.
+P5 and P5b also measure ``wfstate+crash``, that store as a crash before its close leaves it
+(no compaction on close), in rows ``+crash``, reported and not gated.
 P5 and P5b open both wfstate stores with checkpoint policy ``MANUAL_ONLY``, so that no round
 does automatic work.
 
@@ -27,7 +29,7 @@ import pytest
 
 from bench import report
 from bench.benchmark_protocol import Benchmark
-from bench.big_store import CHECKPOINTED, BigStore
+from bench.big_store import CHECKPOINTED, CRASHED, BigStore
 from bench.peers import STATE_SYSTEMS, JsonStateFiles, OpenStatePeer, StatePeer, WfstateStore
 from bench.report import QUICK
 from bench.rss_probe import run_in_subprocess
@@ -61,6 +63,7 @@ BIG_STORE_OPENERS: dict[str, Callable[[], StatePeer]] = {
     "json_rewrite": JsonStateFiles,
     "wfstate": _manual_wfstate,
     CHECKPOINTED: _manual_wfstate,
+    CRASHED: _manual_wfstate,
 }
 BIG_STORE_SYSTEMS = list(BIG_STORE_OPENERS)
 
@@ -152,13 +155,16 @@ def record_median(benchmark: Benchmark, key: str, system: str) -> None:
 
 def _big_store_rows(key: str, system: str) -> list[tuple[str, str]]:
     """The ``(row, column)`` of the report that ``system``'s number for workload ``key`` goes
-    to: ``wfstate+checkpoints`` is the wfstate column of row ``key+ck``; a peer's number goes
-    to both rows, as the yardstick of each."""
+    to: ``wfstate+checkpoints`` is the wfstate column of row ``key+ck``, ``wfstate+crash``
+    of row ``key+crash``; a peer's number goes to every row, as the yardstick of each."""
     if system == CHECKPOINTED:
         return [(key + "+ck", "wfstate")]
+    if system == CRASHED:
+        return [(key + "+crash", "wfstate")]
     if system == "wfstate":
         return [(key, system)]
-    return [(key, system), (key + "+ck", system)]
+    rows = [(key, system), (key + "+ck", system)]
+    return [*rows, (key + "+crash", system)] if key in ("P5", "P5b") else rows
 
 
 @pytest.mark.benchmark(group="P3")

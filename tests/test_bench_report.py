@@ -74,10 +74,11 @@ def test_gate_fails_when_a_seeded_workload_has_no_number(key: str) -> None:
     assert gate.gate_failures(results_with(values)) == [f"seed target not measured: {key}"]
 
 
-@pytest.mark.parametrize("key", ["P5", "P5b", "P7", "P8+ck"])
+@pytest.mark.parametrize("key", ["P5", "P5b", "P7", "P8+ck", "P5+crash", "P5b+crash"])
 def test_rows_outside_default_settings_are_reported_not_gated(key: str) -> None:
-    """The log-only rows (automatic checkpoints off) and the default-policy store's footprint
-    (its checkpoint history is more than the data) show far beyond a seed limit, and pass."""
+    """The log-only rows (automatic checkpoints off), the default-policy store's footprint
+    (its checkpoint history is more than the data) and its reopen after a crash (no
+    compaction on close) show far beyond a seed limit, and pass."""
     results = results_with({**PASSING, key: 1e9 if key != "P8+ck" else -5.0})
     assert gate.gate_failures(results) == []
     label = next(row.label for row in report.STORE_ROWS if row.key == key)
