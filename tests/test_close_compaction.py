@@ -19,7 +19,7 @@ import pytest
 
 from wfstate.backends.local import LocalStore
 from wfstate.checkpointpolicy import DEFAULT_POLICY, MANUAL_ONLY, CheckpointPolicy
-from wfstate.errors import ValidationError
+from wfstate.errors import ClosedError, ValidationError
 from wfstate.format import CHECKPOINTS_DIR, WAL_DIR, parse_segment_name
 from wfstate.fs import OsFileSystem
 from wfstate.model import WorkflowStep, encode_state
@@ -167,6 +167,25 @@ def test_a_failed_compaction_on_close_is_logged_and_the_store_closes_losing_noth
         assert again.stats().log_first_lsn == 1
         assert _states(again) == expected
         assert again.checkpoints() == []
+
+
+def test_an_interrupt_during_the_compaction_on_close_still_closes_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _open(tmp_path)
+    _fill(store, _MiB + 64 * 1024)
+    expected = _states(store)
+
+    def interrupted(*, dry_run: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "compact", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.close()
+    with pytest.raises(ClosedError):
+        store.load("wf0")
+    with _open(tmp_path, MANUAL_ONLY, lock_timeout=0.5) as again:  # the lock was released
+        assert _states(again) == expected
 
 
 @pytest.mark.parametrize("value", [0, -1, True, 1.5, "1"])

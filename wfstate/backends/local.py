@@ -390,11 +390,18 @@ class LocalStore(TableStore):
         that the next open scans no log (:class:`~wfstate.checkpointpolicy.CheckpointPolicy`).
         That compaction is :meth:`compact`'s, with its crash safety: a crash or kill during
         it leaves the old log or the new one, each rebuilding the same states. Its failure is
-        logged and counted as an automatic one (``stats().auto_checkpoint_failures``), never raised:
-        nothing is lost, the next open scans the log instead; a poisoned store skips it."""
+        logged (``wfstate.checkpoints`` logger), never raised: nothing is lost, the next open
+        scans the log instead. A poisoned store skips it; an interrupt during it (``Ctrl-C``)
+        still closes the store before it propagates."""
         threshold = self._policy.compact_on_close_bytes
-        if threshold is not None and self._logged_bytes >= threshold and self._poison is None:
-            self._compact_automatically("on close")
+        try:
+            if threshold is not None and self._logged_bytes >= threshold and self._poison is None:
+                self._compact_automatically("on close")
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Once: mark closed, drop the parent states, close the owned sessions and the log."""
         if self._mark_closed():
             self._recent.clear()  # parent states: dropped now, not by the cyclic collector
             try:
