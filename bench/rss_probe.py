@@ -6,8 +6,9 @@ process holds (other systems' states, pytest-benchmark, the reference data) coun
 
 "Before" is measured after every import the open needs, so imports are not counted. Then:
 
-- ``wfstate``: ``LocalStore.open`` of the big store (``open``), then ``load`` of its first
-  workflow (``first_load``), both kept referenced;
+- ``wfstate``: ``LocalStore.open`` of the big store (``open``; policy ``MANUAL_ONLY``, so
+  that closing it compacts nothing), then ``load`` of its first workflow (``first_load``),
+  both kept referenced;
 - ``json_rewrite``: every workflow's JSON file read and decoded, all kept in memory (``open``:
   a JSON-file store has nothing else to open);
 - ``sqlite_full``: ``sqlite3.connect`` to the database holding the same mutations and one
@@ -34,6 +35,7 @@ import msgspec
 from bench.big_store import BigStore
 from bench.peers import JsonStateFiles
 from wfstate.backends.local import LocalStore
+from wfstate.checkpointpolicy import MANUAL_ONLY
 from wfstate.model import WorkflowState
 
 _STATUS: Final = "/proc/self/status"
@@ -107,7 +109,11 @@ def probe(system: str, big: BigStore) -> RssProbe:
     _reset_peak()
     before = _rss_kib()
     if system == "wfstate":
-        store = LocalStore.open(big.directory("wfstate"), durability="always")
+        # no automatic work: a probe changes nothing (its close must not compact the log the
+        # benchmarks after it read: P9 scans the log-only store's)
+        store = LocalStore.open(
+            big.directory("wfstate"), durability="always", checkpoints=MANUAL_ONLY
+        )
         try:
             held.append(store)
             opened = _rss_kib()
