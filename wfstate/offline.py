@@ -22,7 +22,7 @@ import os
 from typing import NamedTuple
 
 from wfstate.backends.local import LocalStore
-from wfstate.checkpointpolicy import CheckpointPolicy
+from wfstate.checkpointpolicy import MANUAL_ONLY
 from wfstate.errors import NotFoundError
 from wfstate.format import WAL_DIR, parse_segment_name
 from wfstate.fs import OS_FS, FileSystem
@@ -40,10 +40,6 @@ __all__ = [
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 """Seconds an operator's command waits for the writers' lock held by a running process."""
-
-_NO_AUTOMATIC = CheckpointPolicy(
-    every_batches=None, every_log_bytes=None, compact_on_close_bytes=None, on_error=False
-)
 
 
 class OfflineStore(NamedTuple):
@@ -69,8 +65,9 @@ def require_store(path: str, fs: FileSystem = OS_FS) -> str:
 def _open(path: str, base: FileSystem, mode: RecoveryMode, lock_timeout: float) -> OfflineStore:
     path = require_store(path)
     fs = RepairFileSystem(base, path)
+    # an operator's command does no automatic work: no checkpoint, no compaction on close
     store = LocalStore.open(
-        path, mode=mode, fs=fs, lock_timeout=lock_timeout, checkpoints=_NO_AUTOMATIC
+        path, mode=mode, fs=fs, lock_timeout=lock_timeout, checkpoints=MANUAL_ONLY
     )
     return OfflineStore(store, fs)
 

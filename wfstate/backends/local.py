@@ -524,12 +524,7 @@ class LocalStore(TableStore):
                 f"workflow {workflow_id!r}: the log before LSN {floor} was discarded and no "
                 "checkpoint of it reads (see the store's bad checkpoints)",
             )
-        state, read = self._replay(workflow_id, None, entries)
-        if state is None:
-            raise CorruptionError(
-                self._log.path, 0, f"the batches of {workflow_id!r} leave it deleted"
-            )
-        return state, read
+        return self._replay(workflow_id, None, entries)  # raises if they leave it deleted
 
     def _replay(
         self,
@@ -537,57 +532,50 @@ class LocalStore(TableStore):
         state: WorkflowState | None,
         entries: Sequence[tuple[int, int]],
     ) -> tuple[WorkflowState, int]:
-        """``state`` with its part of each batch in ``entries`` applied, read by position.
+        """``state`` with its part of each batch in ``entries`` applied, read by position;
+        CorruptionError if a batch does not read or apply, or they leave the workflow deleted.
 
         One :class:`~wfstate.mutations.Replay` across the batches: a workflow rebuilt from
         thousands of one-output batches copies its outputs once, not once per batch."""
         with self._log_io("read"):  # once, not per record: this is the load path
-            return self._replay_entries(workflow_id, state, entries)
-
-    def _replay_entries(
-        self,
-        workflow_id: str,
-        state: WorkflowState | None,
-        entries: Sequence[tuple[int, int]],
-    ) -> tuple[WorkflowState, int]:
-        read = 0
-        replaying = Replay({workflow_id: state} if state else {})
-        for lsn, skip in entries:
-            if lsn < self._log.first_lsn:
-                raise _LogMovedOn(lsn)
-            try:
-                record = self._log.read_at(lsn)
-            except NotFoundError as exc:  # its segment was discarded by another process
-                raise _LogMovedOn(lsn) from exc
-            payload = record.payload
-            if record.type == RECORD_TXN:  # a transaction's batch (docs/format.md §10.2)
+            read = 0
+            replaying = Replay({workflow_id: state} if state else {})
+            for lsn, skip in entries:
+                if lsn < self._log.first_lsn:
+                    raise _LogMovedOn(lsn)
                 try:
-                    payload = decode_txn(payload).batch
-                except (ValidationError, SchemaVersionError) as exc:
+                    record = self._log.read_at(lsn)
+                except NotFoundError as exc:  # its segment was discarded by another process
+                    raise _LogMovedOn(lsn) from exc
+                payload = record.payload
+                if record.type == RECORD_TXN:  # a transaction's batch (docs/format.md §10.2)
+                    try:
+                        payload = decode_txn(payload).batch
+                    except (ValidationError, SchemaVersionError) as exc:
+                        raise CorruptionError(
+                            self._log.path, 0, f"transaction at LSN {lsn} does not read: {exc}"
+                        ) from exc
+                read += len(payload)
+                try:
+                    mine = [m for m in decode_mutations(payload, upgrades=self._upgrades)
+                            if m.workflow_id == workflow_id][skip:]  # fmt: skip
+                    if mine:
+                        replaying.apply(mine)
+                except (ValidationError, NotFoundError, KeyError) as exc:
                     raise CorruptionError(
-                        self._log.path, 0, f"transaction at LSN {lsn} does not read: {exc}"
+                        self._log.path,
+                        0,
+                        f"batch at LSN {lsn} does not apply to {workflow_id!r}: {exc}",
                     ) from exc
-            read += len(payload)
-            try:
-                mine = [m for m in decode_mutations(payload, upgrades=self._upgrades)
-                        if m.workflow_id == workflow_id][skip:]  # fmt: skip
-                if mine:
-                    replaying.apply(mine)
-            except (ValidationError, NotFoundError, KeyError) as exc:
+            if entries:
+                state = replaying.result().get(workflow_id, state)
+            if state is None:
                 raise CorruptionError(
-                    self._log.path,
-                    0,
-                    f"batch at LSN {lsn} does not apply to {workflow_id!r}: {exc}",
-                ) from exc
-        if entries:
-            state = replaying.result().get(workflow_id, state)
-        if state is None:
-            raise CorruptionError(
-                self._log.path, 0, f"the batches of {workflow_id!r} leave it deleted"
-            )
-        if entries:
-            state = stamped_with(state, entries[-1][0])
-        return state, read
+                    self._log.path, 0, f"the batches of {workflow_id!r} leave it deleted"
+                )
+            if entries:
+                state = stamped_with(state, entries[-1][0])
+            return state, read
 
     def _mark_bad(self, info: CheckpointInfo, exc: CorruptionError) -> None:
         if info.id not in self._bad:
