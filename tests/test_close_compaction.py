@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from tests.bytesutil import snapshot_without_locks
 from wfstate.backends.local import LocalStore
 from wfstate.checkpointpolicy import DEFAULT_POLICY, MANUAL_ONLY, CheckpointPolicy
 from wfstate.errors import ClosedError, ValidationError
@@ -65,16 +66,6 @@ def _segments(path: Path) -> list[str]:
 
 def _open(path: Path, policy: CheckpointPolicy = DEFAULT_POLICY, **kwargs: object) -> LocalStore:
     return LocalStore.open(str(path), durability="none", checkpoints=policy, **kwargs)  # type: ignore[arg-type]
-
-
-def _files(path: Path) -> dict[str, bytes]:
-    out = {}
-    for directory, _dirs, names in os.walk(path):
-        for name in names:
-            full = os.path.join(directory, name)
-            if name != "LOCK":
-                out[os.path.relpath(full, path)] = Path(full).read_bytes()
-    return out
 
 
 def test_a_close_after_a_mebibyte_of_batches_compacts_and_the_reopen_replays_nothing(
@@ -127,8 +118,8 @@ def test_close_writes_nothing_below_the_threshold_or_with_compaction_on_close_of
 ) -> None:
     with _open(tmp_path, policy) as store:
         _fill(store, _MiB + 64 * 1024)
-        on_disk = _files(tmp_path)
-    assert _files(tmp_path) == on_disk
+        on_disk = snapshot_without_locks(tmp_path)
+    assert snapshot_without_locks(tmp_path) == on_disk
 
 
 def test_the_operators_commands_never_compact_on_close(tmp_path: Path) -> None:
@@ -137,12 +128,12 @@ def test_the_operators_commands_never_compact_on_close(tmp_path: Path) -> None:
     never = msgspec.structs.replace(DEFAULT_POLICY, compact_on_close_bytes=None)
     with _open(tmp_path, never) as store:
         _fill(store, _MiB + 64 * 1024)
-    on_disk = _files(tmp_path)
+    on_disk = snapshot_without_locks(tmp_path)
     for opener in (open_read_only, open_repairing):
         offline = opener(str(tmp_path))
         offline.store.close()
         assert offline.fs.actions == []
-        assert _files(tmp_path) == on_disk
+        assert snapshot_without_locks(tmp_path) == on_disk
 
 
 class _NoCheckpointFiles(OsFileSystem):

@@ -12,18 +12,11 @@ from pathlib import Path
 from bench.big_store import BigStore
 from bench.rss_probe import probe
 from fixtures.reference_states import big_store_batches
+from tests.bytesutil import snapshot_without_locks
 from wfstate.backends.local import LocalStore
 from wfstate.checkpointpolicy import MANUAL_ONLY
 
 _WORKFLOWS, _STEPS = 2, 700  # ~1.5 MB of batches: past the default compact_on_close_bytes
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "LOCK"
-    }
 
 
 def test_the_wfstate_probe_leaves_the_store_as_it_found_it(tmp_path: Path) -> None:
@@ -32,7 +25,7 @@ def test_the_wfstate_probe_leaves_the_store_as_it_found_it(tmp_path: Path) -> No
         for batch in big_store_batches(_WORKFLOWS, _STEPS):
             s.commit(batch)
         assert s.stats().bytes_since_compaction > 1024 * 1024
-    before = _files(tmp_path)
+    before = snapshot_without_locks(tmp_path)
     measured = probe("wfstate", big)
     assert measured.first_load_growth_kib is not None
-    assert _files(tmp_path) == before
+    assert snapshot_without_locks(tmp_path) == before
