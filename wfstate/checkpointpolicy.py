@@ -29,17 +29,15 @@ class CheckpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
     the log holds uncovered, discard the log before, apply ``retention``) once this many bytes
     of batches were logged since the last compaction this process saw (bounds the log, and so
     the scan every open and every recovery makes of it: 16 MiB by default, as SQLite bounds
-    its WAL; BENCHMARKS.md P5 needs a reopen under a second, and the bench's P5b opens the big
-    store's 70 MB log-only store in 1.1-1.4 s, the default-policy one in 150-166 ms).
+    its WAL; the bench's P5b, reopen and one load, takes 1.0-1.5 s on the big store's 70 MB
+    log-only store, 138-199 ms on the default-policy one as a crash leaves it).
     ``compact_on_close_bytes``: :meth:`~wfstate.backends.local.LocalStore.close` first
     compacts (and applies ``retention``) when at least this many bytes of batches were logged
     or read since the last compaction the handle saw, so that the next open scans no log, as
     SQLite checkpoints its WAL when its last connection closes (1 MiB by default: a close after
-    little work stays instant; after heavy work it takes as long as a compaction, about 2.5 s
-    for BENCHMARKS.md's big store of 100 workflows, and the reopen after it about 10 ms instead
-    of 170 ms plus 2-3 ms a workflow to replay its tail). It is also what bounds the reopen
-    after a clean shutdown below ``every_log_bytes``; after a crash, the open scans up to
-    ``every_log_bytes`` of log.
+    little work stays instant; after heavy work it takes as long as a compaction, about 3 s
+    for BENCHMARKS.md's big store of 100 workflows, and P5b after it 8-9 ms). After a crash
+    there was no such close: the open scans up to ``every_log_bytes`` of log.
     ``on_step_start`` / ``on_step_end``: a ``pre_step`` checkpoint after a batch that starts a
     step (status ``running``), a ``post_step`` one after a batch that ends one (``completed``,
     ``skipped``). ``on_error``: an ``error`` checkpoint after a batch that fails a step or the
